@@ -1,0 +1,199 @@
+"""Validated configuration: a cluster (lanes, links, policies) and a run around it.
+
+Files are YAML or TOML. Every validation error is reported as one line naming the file,
+the field path and, for YAML, the line, e.g.
+``cluster.yaml:7: lanes.1.tp: Input should be greater than or equal to 1``.
+"""
+from __future__ import annotations
+
+import tomllib
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+ARCHITECTURES = ("streamserve", "vllm-tp", "vllm-dp")
+
+
+class ConfigError(ValueError):
+    """A configuration problem, already phrased for the user (one line)."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class EngineConfig(_Strict):
+    """vLLM engine knobs that shape batching and memory (same names as vLLM's)."""
+
+    max_num_seqs: int = Field(256, ge=1)
+    max_num_batched_tokens: int = Field(8192, ge=16)
+    block_size: int = Field(16, ge=1)
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    enable_chunked_prefill: bool = True
+    max_waiting: int = Field(4096, ge=1)  # the lane's bounded queue
+    kv_capacity_tokens: int | None = Field(None, ge=1)  # override the profile-derived capacity
+
+
+class LaneConfig(_Strict):
+    role: Literal["prefill", "decode", "colocated"]
+    tp: int = Field(1, ge=1)
+    pair: int | None = None  # stream pair id: a prefill and a decode lane sharing one
+    replicas: int = Field(1, ge=1)
+    engine: dict[str, Any] = Field(default_factory=dict)  # per-lane EngineConfig overrides
+
+
+class LinkConfig(_Strict):
+    """The fabric KV moves over between a prefill and a decode lane."""
+
+    bandwidth_gbps: float = Field(25.0, gt=0)  # GB/s; PCIe 4.0 x16 effective by default
+    latency_ms: float = Field(0.1, ge=0)
+
+
+class SpeculationConfig(_Strict):
+    """How drafts are made; which k to use each step is the speculation policy's job."""
+
+    method: Literal["none", "ngram", "draft"] = "none"
+    draft_model: str = "small-model"  # a ``drafts`` entry of the profile, for method=draft
+    k_max: int = Field(4, ge=0, le=16)
+
+
+class PolicyConfig(BaseModel):
+    """A policy by registry name, plus its own parameters (checked by the policy)."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+
+
+class FaultConfig(_Strict):
+    lane: int = Field(ge=0)
+    at: float = Field(ge=0)  # seconds of simulated time
+    kind: Literal["down", "slow"]
+    duration: float | None = Field(None, gt=0)  # None: for the rest of the run
+    factor: float = Field(2.0, ge=1)  # slowdown factor, for kind=slow
+
+
+class SLOConfig(_Strict):
+    ttft_ms: float | None = Field(None, gt=0)
+    tpot_ms: float | None = Field(None, gt=0)
+
+
+class ClusterConfig(_Strict):
+    name: str = "custom"
+    model: str = "opt-13b"
+    gpu: str = "A100-80GB"
+    profile: str | None = None  # path to a profile JSON; None: the built-in one
+    engine: EngineConfig = EngineConfig()
+    lanes: list[LaneConfig] = Field(min_length=1)
+    link: LinkConfig = LinkConfig()
+    speculation: SpeculationConfig = SpeculationConfig()
+    scheduler: PolicyConfig = PolicyConfig(name="fcfs")
+    router: PolicyConfig = PolicyConfig(name="round_robin")
+    spec_policy: PolicyConfig = PolicyConfig(name="fixed", k=0)
+    faults: list[FaultConfig] = Field(default_factory=list)
+    slo: SLOConfig = Field(default_factory=lambda: SLOConfig())
+    workload: dict[str, Any] | None = None  # checked by streamserve.workload
+
+    @model_validator(mode="after")
+    def _check_roles(self) -> "ClusterConfig":
+        roles = {lane.role for lane in self.lanes}
+        if "colocated" in roles and len(roles) > 1:
+            raise ValueError("lanes: mix colocated lanes with prefill/decode lanes in separate clusters")
+        if roles & {"prefill", "decode"} and roles != {"prefill", "decode"}:
+            raise ValueError("lanes: a disaggregated cluster needs at least one prefill and one decode lane")
+        for i, lane in enumerate(self.lanes):
+            try:
+                EngineConfig(**{**self.engine.model_dump(), **lane.engine})
+            except ValidationError as e:
+                err = e.errors()[0]
+                loc = ".".join(str(p) for p in err["loc"])
+                raise ValueError(f"lanes.{i}.engine.{loc}: {err['msg']}") from None
+        n_lanes = sum(lane.replicas for lane in self.lanes)
+        for j, fault in enumerate(self.faults):
+            if fault.lane >= n_lanes:
+                raise ValueError(f"faults.{j}.lane: lane {fault.lane} does not exist (cluster has {n_lanes})")
+        return self
+
+    def engine_for(self, lane: LaneConfig) -> EngineConfig:
+        return EngineConfig(**{**self.engine.model_dump(), **lane.engine})
+
+
+# ---------------------------------------------------------------- loading
+def _yaml_line(text: str, loc: tuple[Any, ...]) -> int | None:
+    """The line of the YAML node at ``loc`` (pydantic's error path), for error messages."""
+    try:
+        node = yaml.compose(text)
+    except yaml.YAMLError:
+        return None
+    line = None
+    for key in loc:
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                if k.value == str(key):
+                    line, node = k.start_mark.line + 1, v
+                    break
+            else:
+                return line
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+            node = node.value[key]
+            line = node.start_mark.line + 1
+        else:
+            return line
+    return line
+
+
+def read_mapping(path: str | Path) -> tuple[dict[str, Any], str]:
+    """Parse a YAML or TOML file into a dict, with syntax errors as ``ConfigError``."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: config file not found")
+    text = p.read_text()
+    try:
+        if p.suffix == ".toml":
+            data = tomllib.loads(text)
+        else:
+            data = yaml.safe_load(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{p}: invalid TOML: {e}") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark else ""
+        raise ConfigError(f"{p}{where}: invalid YAML: {getattr(e, 'problem', e)}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: expected a mapping of fields at the top level")
+    return data, text
+
+
+def validation_message(e: ValidationError, origin: str, text: str | None = None, prefix: str = "") -> str:
+    """Pydantic's first error as ``origin[:line]: field.path: message``."""
+    err = e.errors()[0]
+    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+    line = _yaml_line(text, loc) if text is not None else None
+    where = f"{origin}:{line}" if line else origin
+    field = prefix + ".".join(str(p) for p in loc)
+    msg = err["msg"].removeprefix("Value error, ")
+    if msg.startswith(field + ":") or not field:
+        return f"{where}: {msg}"
+    return f"{where}: {field}: {msg}"
+
+
+def parse_cluster(data: dict[str, Any], origin: str, text: str | None = None) -> ClusterConfig:
+    try:
+        return ClusterConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(validation_message(e, origin, text)) from None
+
+
+def load_cluster(path: str | Path) -> ClusterConfig:
+    data, text = read_mapping(path)
+    return parse_cluster(data, str(path), text)
+
+
+def builtin_cluster(arch: str) -> ClusterConfig:
+    """One of the shipped architectures (``ARCHITECTURES``)."""
+    if arch not in ARCHITECTURES:
+        raise ConfigError(f"--arch: unknown architecture {arch!r} (choose from {', '.join(ARCHITECTURES)})")
+    text = resources.files("streamserve.configs").joinpath(f"{arch}.yaml").read_text()
+    return parse_cluster(yaml.safe_load(text), f"<builtin {arch}>", text)

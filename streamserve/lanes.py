@@ -1,0 +1,78 @@
+"""The lane contract: what a runtime offers and what a policy may see of it.
+
+A lane is one unit of serving capacity (one engine on one or more GPUs). Policies see a
+lane only as a ``LaneStats`` snapshot taken by the runtime and act only through the
+actions in ``streamserve.policies.base``; the runtime turns those actions into calls
+on its ``Lane`` objects. That split is what lets the same policy objects drive a SimPy
+model and real vLLM engines.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Protocol
+
+from streamserve.request import Phase, Request
+
+
+class LaneRole(enum.Enum):
+    PREFILL = "prefill"
+    DECODE = "decode"
+    COLOCATED = "colocated"  # prefill and decode on one engine, as plain vLLM does
+
+    def serves(self, phase: Phase) -> bool:
+        if self is LaneRole.COLOCATED:
+            return True
+        return self.value == phase.value
+
+
+@dataclass(slots=True, frozen=True)
+class LaneStats:
+    """A read-only snapshot of one lane, as a policy sees it.
+
+    Rates and times are smoothed by the runtime over its recent window; the fields are
+    the signals the StreamServe paper routes on, named as vLLM's metrics name them where
+    such a metric exists.
+    """
+
+    lane_id: int
+    role: LaneRole
+    healthy: bool = True
+    num_waiting: int = 0  # requests on the lane that have not started (vllm:num_requests_waiting)
+    num_running: int = 0  # requests in the running batch (vllm:num_requests_running)
+    tokens_queued: int = 0  # prompt tokens still to prefill, plus KV tokens still to arrive
+    kv_usage: float = 0.0  # fraction of KV blocks in use (vllm:kv_cache_usage_perc)
+    kv_free_tokens: int = 0  # tokens that still fit in free KV blocks
+    max_num_seqs: int = 256
+    max_waiting: int = 1024  # the lane's bounded queue; beyond it the lane is full
+    step_time: float = 0.0  # smoothed duration of recent steps, seconds
+    utilisation: float = 0.0  # busy fraction over the recent window
+    acceptance_rate: float | None = None  # smoothed accepted/drafted, None before any draft
+    spec_k: int = 0  # speculation depth of the last decode step
+    pair: int | None = None  # the stream pair the lane belongs to, if any
+    tp: int = 1
+    context_tokens: int = 0  # KV tokens held by running requests (decode cost driver)
+
+    @property
+    def outstanding(self) -> int:
+        return self.num_waiting + self.num_running
+
+    @property
+    def has_room(self) -> bool:
+        """Whether a new request could be placed here without overrunning the lane."""
+        return self.healthy and self.kv_usage < 1.0 and self.num_waiting < self.max_waiting
+
+
+class Lane(Protocol):
+    """What a runtime implements for each engine. Policies never hold one."""
+
+    lane_id: int
+    role: LaneRole
+
+    def stats(self) -> LaneStats: ...
+
+    def submit(self, request: Request, phase: Phase) -> None:
+        """Queue ``request`` here; for a decode lane this starts its KV transfer."""
+
+    def cancel(self, request: Request) -> bool:
+        """Drop ``request`` from this lane; True if it was here."""

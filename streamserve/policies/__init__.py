@@ -1,0 +1,1 @@
+"""Decision code shared by both runtimes: no clock, no I/O, no SimPy, no asyncio."""

@@ -1,0 +1,147 @@
+"""The three policy interfaces and the actions they return.
+
+Policies are sans-I/O: a runtime calls them with the current time and lane snapshots,
+and carries out the actions they return. Nothing here may read a clock, sleep, or touch
+a runtime; ``tests/test_layering.py`` enforces that.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Protocol, Sequence
+
+from streamserve.lanes import LaneStats
+from streamserve.request import Phase, Request
+
+
+# ---------------------------------------------------------------- actions
+@dataclass(slots=True)
+class Submit:
+    """Place ``request`` on ``lane_id`` for ``phase`` (for DECODE: move its KV there)."""
+
+    request: Request
+    lane_id: int
+    phase: Phase
+
+
+@dataclass(slots=True)
+class Reject:
+    """Turn ``request`` away before it used any capacity."""
+
+    request: Request
+    reason: str
+
+
+@dataclass(slots=True)
+class Fail:
+    """End ``request`` unfinished after it was admitted (e.g. out of retries)."""
+
+    request: Request
+    reason: str
+
+
+Action = Submit | Reject | Fail
+
+
+class ClusterView(Protocol):
+    """What the runtime shows a scheduler of the cluster at one instant."""
+
+    disaggregated: bool  # prefill and decode on separate lanes (else colocated)
+
+    def lanes(self, phase: Phase) -> Sequence[LaneStats]:
+        """Snapshots of every lane that can serve ``phase``, healthy or not."""
+
+    def partner(self, lane_id: int) -> int | None:
+        """The decode lane paired with prefill lane ``lane_id`` (stream pairs), if any."""
+
+
+# ---------------------------------------------------------------- routing
+class Router(ABC):
+    """Chooses a lane for one phase of one request."""
+
+    name: str = "router"
+
+    @abstractmethod
+    def route(self, request: Request, lanes: Sequence[LaneStats], phase: Phase, now: float) -> int | None:
+        """The id of the lane to use, or ``None`` when no lane can take the request now.
+
+        ``lanes`` holds every candidate, healthy or not; a router must never pick an
+        unhealthy or full one (``LaneStats.has_room``).
+        """
+
+    def observe(self, lane_id: int, phase: Phase, request: Request, latency: float, now: float) -> None:
+        """Feedback after a phase ends on a lane: the observed latency of that phase.
+
+        For PREFILL it is the time from submission to the first token, for DECODE the
+        request's TPOT. Routers that predict latency correct themselves with it.
+        """
+
+
+def usable(lanes: Sequence[LaneStats]) -> list[LaneStats]:
+    """The lanes a router may choose from."""
+    return [lane for lane in lanes if lane.has_room]
+
+
+# ---------------------------------------------------------------- speculation
+@dataclass(slots=True)
+class StepObservation:
+    """What one speculative decode step on a lane did, reported by the runtime."""
+
+    lane_id: int
+    k: int
+    batch_size: int
+    context_tokens: int
+    drafted: int  # draft tokens proposed over the batch (k * sequences that drafted)
+    accepted: int  # of those, accepted by the verifier
+    step_time: float  # seconds, the whole step (drafting included)
+    now: float
+    by_class: dict[str, tuple[int, int]] | None = None  # dataset -> (drafted, accepted)
+
+
+class SpecPolicy(ABC):
+    """Chooses the speculation depth k of each decode step on a lane."""
+
+    name: str = "spec"
+    k_max: int = 0
+
+    @abstractmethod
+    def depth(self, lane: LaneStats, batch_size: int, context_tokens: int, now: float,
+              classes: dict[str, int] | None = None) -> int:
+        """k for the next step, in ``[0, k_max]``; ``classes`` counts the batch by dataset."""
+
+    def observe(self, obs: StepObservation) -> None:
+        """Learn from a finished step."""
+
+
+# ---------------------------------------------------------------- orchestration
+class Scheduler(ABC):
+    """Request lifecycle: decides what happens at each event the runtime reports."""
+
+    name: str = "scheduler"
+
+    @property
+    @abstractmethod
+    def pending(self) -> int:
+        """Requests the scheduler holds (admitted, on no lane)."""
+
+    @abstractmethod
+    def on_arrival(self, request: Request, now: float, view: ClusterView) -> list[Action]: ...
+
+    @abstractmethod
+    def on_prefill_done(self, request: Request, now: float, view: ClusterView) -> list[Action]:
+        """The first token exists; on disaggregated clusters pick where to decode."""
+
+    def on_finish(self, request: Request, now: float, view: ClusterView) -> list[Action]:
+        return []
+
+    @abstractmethod
+    def on_capacity(self, now: float, view: ClusterView) -> list[Action]:
+        """A lane freed capacity: place what the scheduler holds, if it can."""
+
+    @abstractmethod
+    def on_lane_down(self, lane_id: int, lost: list[Request], now: float, view: ClusterView) -> list[Action]:
+        """Lane ``lane_id`` failed; ``lost`` were on it and have lost their KV."""
+
+    @abstractmethod
+    def drain(self, now: float) -> list[Action]:
+        """The run is over: settle every request still held (normally ``Fail``)."""

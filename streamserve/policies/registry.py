@@ -1,0 +1,53 @@
+"""Build policy objects from their config names, with one-line errors for bad params."""
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable, Mapping
+
+from streamserve.perfmodel import LanePerf
+from streamserve.policies.base import Router, Scheduler, SpecPolicy
+from streamserve.policies.routers import RoundRobin
+from streamserve.policies.scheduler import FCFSScheduler
+from streamserve.policies.speculation import FixedDepth
+
+
+class PolicyError(ValueError):
+    """A policy name or parameter in the config is wrong (message names the field)."""
+
+
+# Each factory takes its config params as keyword arguments, plus any of the context
+# keywords it declares: ``perf`` (lane_id -> LanePerf), ``k_max``, ``router``, ``seed``.
+ROUTERS: dict[str, Callable[..., Router]] = {"round_robin": RoundRobin}
+SPEC_POLICIES: dict[str, Callable[..., SpecPolicy]] = {"fixed": FixedDepth}
+SCHEDULERS: dict[str, Callable[..., Scheduler]] = {"fcfs": FCFSScheduler}
+
+
+def _build(kind: str, table: Mapping[str, Callable[..., Any]], params: Mapping[str, Any],
+           context: Mapping[str, Any]) -> Any:
+    params = dict(params)
+    name = params.pop("name")
+    factory = table.get(name)
+    if factory is None:
+        raise PolicyError(f"{kind}.name: unknown {kind} {name!r} (choose from {', '.join(sorted(table))})")
+    sig = inspect.signature(factory)
+    accepted = set(sig.parameters)
+    for key in params:
+        if key not in accepted or key in context:
+            raise PolicyError(f"{kind}.{key}: not a parameter of {kind} {name!r}")
+    kwargs = {k: v for k, v in context.items() if k in accepted}
+    try:
+        return factory(**kwargs, **params)
+    except (TypeError, ValueError) as e:
+        raise PolicyError(f"{kind} {name!r}: {e}") from None
+
+
+def build_router(params: Mapping[str, Any], perf: Mapping[int, LanePerf], seed: int = 0) -> Router:
+    return _build("router", ROUTERS, params, {"perf": perf, "seed": seed})
+
+
+def build_spec_policy(params: Mapping[str, Any], perf: Mapping[int, LanePerf], k_max: int) -> SpecPolicy:
+    return _build("spec_policy", SPEC_POLICIES, params, {"perf": perf, "k_max": k_max})
+
+
+def build_scheduler(params: Mapping[str, Any], router: Router, perf: Mapping[int, LanePerf]) -> Scheduler:
+    return _build("scheduler", SCHEDULERS, params, {"router": router, "perf": perf})
