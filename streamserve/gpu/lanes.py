@@ -1,0 +1,134 @@
+"""Live lanes: one per vLLM engine, seen by the policies as ``LaneStats``.
+
+A lane's snapshot joins two sources: what the engine last reported on its Prometheus
+``/metrics`` (queue, running batch, KV usage, speculation counters), and what the
+front end has sent it and not yet seen come back. The second matters because scrapes
+are periodic: without it, a burst of arrivals between two scrapes would all see the
+same "empty" lane and be routed to it.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from streamserve.lanes import LaneRole, LaneStats
+
+# The engine metrics a lane reads (vLLM v1 names).
+M_WAITING = "vllm:num_requests_waiting"
+M_RUNNING = "vllm:num_requests_running"
+M_KV_USAGE = "vllm:kv_cache_usage_perc"
+M_DRAFTS = "vllm:spec_decode_num_drafts_total"
+M_DRAFT_TOKENS = "vllm:spec_decode_num_draft_tokens_total"
+M_ACCEPTED = "vllm:spec_decode_num_accepted_tokens_total"
+M_EXTERNAL_PROMPT = "vllm:prompt_tokens_by_source_total"  # source="external_kv_transfer"
+SMOOTHING = 0.8  # EWMA weight of the past for acceptance rate
+
+
+def parse_prometheus(text: str) -> dict[str, float]:
+    """Sum each metric over its label sets; ``name{source="x"}`` keys are kept too.
+
+    Only the few families a lane reads matter, and an engine reports one set of labels
+    per family (one engine, one model), so summing over labels loses nothing.
+    """
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line[0] == "#":
+            continue
+        name_labels, _, value = line.rpartition(" ")
+        try:
+            v = float(value)
+        except ValueError:
+            continue
+        name, brace, labels = name_labels.partition("{")
+        out[name] = out.get(name, 0.0) + v
+        if brace:
+            for label in labels.rstrip("}").split(","):
+                key, _, val = label.partition("=")
+                if key in ("source", "position"):
+                    full = f'{name}{{{key}="{val.strip(chr(34))}"}}'
+                    out[full] = out.get(full, 0.0) + v
+    return out
+
+
+@dataclass
+class SpecCounters:
+    drafts: float = 0.0
+    draft_tokens: float = 0.0
+    accepted: float = 0.0
+
+    @classmethod
+    def of(cls, metrics: dict[str, float]) -> "SpecCounters":
+        return cls(metrics.get(M_DRAFTS, 0.0), metrics.get(M_DRAFT_TOKENS, 0.0), metrics.get(M_ACCEPTED, 0.0))
+
+
+@dataclass
+class LiveLane:
+    """The front end's view of one engine."""
+
+    lane_id: int
+    role: LaneRole
+    url: str
+    max_num_seqs: int
+    pair: int | None = None
+    tp: int = 1
+    k_trace_path: Path | None = None
+    healthy: bool = True
+    down_reason: str = ""
+    in_flight: dict[int, object] = field(default_factory=dict)  # request id -> Request
+    routed: int = 0  # requests sent here, for /metrics
+    waiting: int = 0
+    running: int = 0
+    kv_usage: float = 0.0
+    acceptance: float | None = None
+    spec: SpecCounters = field(default_factory=SpecCounters)
+    spec_k: int = 0
+    k_changes: list[tuple[float, int]] = field(default_factory=list)
+    _k_trace_pos: int = 0
+
+    def update(self, metrics: dict[str, float]) -> None:
+        """Fold in one scrape of the engine's /metrics."""
+        self.waiting = int(metrics.get(M_WAITING, 0))
+        self.running = int(metrics.get(M_RUNNING, 0))
+        usage = metrics.get(M_KV_USAGE, 0.0)
+        self.kv_usage = usage if math.isfinite(usage) else 0.0
+        new = SpecCounters.of(metrics)
+        d_draft = new.draft_tokens - self.spec.draft_tokens
+        d_acc = new.accepted - self.spec.accepted
+        if d_draft > 0:
+            rate = d_acc / d_draft
+            self.acceptance = rate if self.acceptance is None else SMOOTHING * self.acceptance + (1 - SMOOTHING) * rate
+        self.spec = new
+
+    def read_k_trace(self) -> None:
+        """Pick up k changes the engine's scheduler appended since the last read."""
+        if self.k_trace_path is None:
+            return
+        try:
+            with open(self.k_trace_path) as f:
+                f.seek(self._k_trace_pos)
+                chunk = f.read()
+        except OSError:
+            return
+        end = chunk.rfind("\n") + 1  # a line being written is read next time
+        self._k_trace_pos += len(chunk[:end].encode())
+        for line in chunk[:end].splitlines():
+            try:
+                rec = json.loads(line)
+                self.k_changes.append((float(rec["t"]), int(rec["k"])))
+                self.spec_k = int(rec["k"])
+            except (ValueError, KeyError, TypeError):
+                continue
+
+    def stats(self) -> LaneStats:
+        """The policy's snapshot: the engine's last report, corrected by what the front
+        end sent since (requests it has not seen running count as waiting)."""
+        mine = len(self.in_flight)
+        seen = self.waiting + self.running
+        return LaneStats(
+            lane_id=self.lane_id, role=self.role, healthy=self.healthy,
+            num_waiting=self.waiting + max(0, mine - seen), num_running=self.running,
+            kv_usage=self.kv_usage, max_num_seqs=self.max_num_seqs,
+            acceptance_rate=self.acceptance, spec_k=self.spec_k, pair=self.pair, tp=self.tp,
+        )

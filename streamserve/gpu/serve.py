@@ -1,0 +1,58 @@
+"""`streamserve serve`: engines and front end from one live config."""
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+
+from streamserve.gpu.config import LiveConfig
+from streamserve.gpu.engines import EngineSet, engine_specs
+from streamserve.gpu.frontend import FrontEnd, ServerThread, create_app
+from streamserve.gpu.lanes import LiveLane
+from streamserve.gpu.policyload import build_front_policies, lane_perf
+from streamserve.lanes import LaneRole
+
+
+def build_lanes(cfg: LiveConfig, log_dir: Path | None = None) -> list[LiveLane]:
+    specs = engine_specs(cfg, log_dir=log_dir)
+    return [LiveLane(lane_id=s.lane_id, role=LaneRole(s.entry.role), url=s.url, max_num_seqs=s.entry.max_num_seqs,
+                     pair=s.entry.pair, tp=s.entry.tp, k_trace_path=s.k_trace_path) for s in specs]
+
+
+def build_frontend(cfg: LiveConfig, engines: EngineSet | None = None, log_dir: Path | None = None) -> FrontEnd:
+    """The front end for ``cfg``'s engines (already running, or started by ``engines``)."""
+    lanes = build_lanes(cfg, log_dir)
+    perf = lane_perf(cfg.perf.model_dump(), [(lane.lane_id, lane.tp) for lane in lanes], cfg.draft_profile_name)
+    router, scheduler = build_front_policies(cfg.router.model_dump(), cfg.scheduler.model_dump(), perf, cfg.seed)
+    alive = None
+    if engines is not None:
+        by_lane = {e.lane_id: e for e in engines.engines}
+        alive = lambda lane_id: by_lane[lane_id].alive()  # noqa: E731
+    return FrontEnd(lanes, cfg.model_name, cfg.max_model_len, router, scheduler, engine_alive=alive,
+                    metrics_interval=cfg.frontend.metrics_interval_s, request_timeout=cfg.frontend.request_timeout_s)
+
+
+def serve(cfg: LiveConfig, log_dir: Path | None = None, echo=print) -> None:
+    """Start every engine, then the front end; run until SIGINT/SIGTERM; stop all."""
+    engines = EngineSet.from_config(cfg, log_dir=log_dir)
+    echo(f"starting {len(engines.engines)} engine(s); logs in {log_dir or cfg.log_dir}")
+    engines.start(cfg.startup_timeout_s)
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    server = None
+    try:
+        fe = build_frontend(cfg, engines, log_dir)
+        server = ServerThread(create_app(fe), cfg.frontend.host, cfg.frontend.port)
+        server.start()
+        echo(f"serving {cfg.model_name} on http://{cfg.frontend.host}:{cfg.frontend.port} "
+             f"({', '.join(f'{e.spec.entry.role}:{e.spec.entry.port}' for e in engines.engines)})")
+        while not stop.wait(1.0):
+            if not server.thread.is_alive():
+                break
+    finally:
+        if server is not None:
+            server.stop()
+        engines.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        echo("stopped")
