@@ -14,6 +14,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 import simpy
+from simpy.core import StopSimulation
 
 from streamserve.config import ClusterConfig
 from streamserve.lanes import LaneRole, LaneStats
@@ -152,10 +153,9 @@ class Cluster:
                     raise SimulationError(
                         f"scheduler placed request {req.id} for {action.phase.value} on lane "
                         f"{lane.lane_id} ({lane.role.value}, healthy={lane.healthy})")
-                if not lane.fits(req):
-                    self._settle(req, State.FAILED,
-                                 f"needs {req.prompt_len + req.output_len} KV tokens; lane {lane.lane_id} "
-                                 f"holds {lane.total_blocks * lane.block_size}")
+                why = lane.misfit(req)
+                if why:
+                    self._settle(req, State.FAILED, why)
                     continue
                 if action.phase is Phase.PREFILL:
                     req.state = State.PREFILL
@@ -295,7 +295,10 @@ class Cluster:
 
     # ------------------------------------------------------------ run
     def run(self) -> RunResult:
-        self.env.run(until=self._all_done if len(self.workload) else None)
+        # Stop when every request has settled, or when nothing is left to happen (a stall:
+        # whatever is still unsettled then fails below, with the reason).
+        self._all_done.callbacks.append(StopSimulation.callback)
+        self.env.run()
         now = self.env.now
         self._execute(self.scheduler.drain(now))
         for req in self.requests:

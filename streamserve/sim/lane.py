@@ -110,9 +110,16 @@ class SimLane:
     def blocks_for(self, tokens: int) -> int:
         return -(-tokens // self.block_size)
 
-    def fits(self, req: Request) -> bool:
-        """Whether the request could ever run here (its whole context in KV)."""
-        return self.blocks_for(req.prompt_len + req.output_len) <= self.total_blocks
+    def misfit(self, req: Request) -> str:
+        """Why the request could never run here ('' if it can): its whole context must fit
+        in KV, and without chunked prefill in one step's token budget (vLLM's own rule)."""
+        need = req.prompt_len + req.output_len
+        if self.blocks_for(need) > self.total_blocks:
+            return f"needs {need} KV tokens; lane {self.lane_id} holds {self.total_blocks * self.block_size}"
+        if not self.chunked and need > self.max_tokens:
+            return (f"needs {need} tokens in one step without chunked prefill; lane {self.lane_id} "
+                    f"has max_num_batched_tokens={self.max_tokens}")
+        return ""
 
     # ------------------------------------------------------------ entry points
     def wake(self) -> None:
