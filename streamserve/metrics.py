@@ -51,6 +51,14 @@ class LogHistogram:
         self.total += float(np.sum(values))
         self.n += len(values)
 
+    def add_counts(self, values: np.ndarray, counts: np.ndarray) -> None:
+        """``counts[i]`` occurrences of ``values[i]``."""
+        if len(values) == 0:
+            return
+        self.counts += np.bincount(self._bin(values), weights=counts, minlength=self.nbins).astype(np.int64)
+        self.total += float(np.dot(values, counts))
+        self.n += int(counts.sum())
+
     def merge(self, other: "LogHistogram") -> None:
         self.counts += other.counts
         self.total += other.total
