@@ -71,8 +71,9 @@ class LogHistogram:
     def percentile(self, q: float) -> float:
         if not self.n:
             return 0.0
-        rank = q / 100.0 * (self.n - 1)
-        b = int(np.searchsorted(np.cumsum(self.counts), rank, side="right"))
+        # the j-th smallest sample, j = floor(q% of n-1) (numpy's method="lower")
+        j = int(q / 100.0 * (self.n - 1))
+        b = int(np.searchsorted(np.cumsum(self.counts), j + 1, side="left"))
         if b == 0:
             return 0.0
         return self.LO * self.RATIO ** (b - 0.5)
