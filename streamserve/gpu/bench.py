@@ -132,13 +132,9 @@ async def _one(client: httpx.AsyncClient, opts: BenchOptions, model: str, req: R
                     if math.isnan(req.first_token):
                         req.first_token = now
                     else:
-                        gap = now - last
-                        req.itl_sum += gap
-                        req.itl_max = max(req.itl_max, gap)
-                        req.spec_steps += 1
                         if req.extra is None:
                             req.extra = {"itl": []}
-                        req.extra["itl"].append(gap)
+                        req.extra["itl"].append(now - last)
                     last = now
     except httpx.HTTPError as e:
         req.state, req.reason = State.FAILED, f"{type(e).__name__}: {e}"[:300]

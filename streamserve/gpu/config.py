@@ -106,10 +106,11 @@ class LiveConfig(_Strict):
             raise ValueError("engines: mix colocated engines with prefill/decode engines in separate configs")
         if roles & {"prefill", "decode"} and roles != {"prefill", "decode"}:
             raise ValueError("engines: a disaggregated deployment needs at least one prefill and one decode engine")
-        ports = [e.port for e in self.engines] + [self.frontend.port]
+        seen = {self.frontend.port}
         for i, e in enumerate(self.engines):
-            if ports.count(e.port) > 1:
+            if e.port in seen:
                 raise ValueError(f"engines.{i}.port: port {e.port} is used twice")
+            seen.add(e.port)
             if self.device == "cuda":
                 if len(e.devices) != e.tp:
                     raise ValueError(f"engines.{i}.devices: needs {e.tp} GPU indices for tp={e.tp}, got {e.devices}")

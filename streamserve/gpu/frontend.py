@@ -447,7 +447,6 @@ class FrontEnd:
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
         url = f"{self.lanes[lane_id].url}/v1/{ticket.endpoint}"
-        last = math.nan
         try:
             async with self.client.stream("POST", url, json=body) as r:
                 if r.status_code >= 500:
@@ -477,16 +476,9 @@ class FrontEnd:
                     if not client_wants_usage:
                         chunk.pop("usage", None)
                         data = json.dumps(chunk)
-                    now = self.now()
-                    if _has_text(chunk):
-                        if math.isnan(req.first_token):
-                            req.first_token = now
-                            req.state = State.DECODE
-                        else:
-                            gap = now - last
-                            req.itl_sum += gap
-                            req.itl_max = max(req.itl_max, gap)
-                        last = now
+                    if _has_text(chunk) and math.isnan(req.first_token):
+                        req.first_token = self.now()
+                        req.state = State.DECODE
                     ticket.streamed = True
                     await emit(f"data: {data}\n\n".encode())
         except httpx.HTTPError as e:

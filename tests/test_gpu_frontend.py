@@ -1,0 +1,182 @@
+"""The front end against fake engines: disaggregated handoff, streaming, OpenAI errors,
+metrics, lane failure, and `bench` writing simulate's outputs. No vLLM needed."""
+from __future__ import annotations
+
+import csv
+import json
+import threading
+import time
+
+import httpx
+import pytest
+
+from fake_engine import FakeEngine, free_port
+from streamserve.gpu.bench import BenchOptions, run_bench
+from streamserve.gpu.frontend import FrontEnd, ServerThread, create_app
+from streamserve.gpu.lanes import LiveLane
+from streamserve.gpu.prompts import fill_prompts
+from streamserve.lanes import LaneRole
+from streamserve.metrics import summarize, write_outputs
+from streamserve.policies.registry import build_router, build_scheduler
+from streamserve.workload.synthetic import LengthDist, synthetic
+
+
+def _front(engines: list[tuple[FakeEngine, LaneRole]], timeout: float = 20.0):
+    lanes = [LiveLane(lane_id=i, role=role, url=e.url, max_num_seqs=8) for i, (e, role) in enumerate(engines)]
+    router = build_router({"name": "round_robin"}, {})
+    scheduler = build_scheduler({"name": "fcfs"}, router, {})
+    fe = FrontEnd(lanes, "m", 512, router, scheduler, metrics_interval=0.1, request_timeout=timeout)
+    port = free_port()
+    server = ServerThread(create_app(fe), "127.0.0.1", port)
+    server.start()
+    return fe, server, f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture()
+def disagg():
+    p, d = FakeEngine("p").start(), FakeEngine("d", delay=0.002).start()
+    fe, server, url = _front([(p, LaneRole.PREFILL), (d, LaneRole.DECODE)])
+    yield p, d, fe, url
+    server.stop()
+    p.stop()
+    d.stop()
+
+
+def test_disaggregated_handoff_sends_prefill_then_decode_with_kv_params(disagg):
+    p, d, fe, url = disagg
+    r = httpx.post(url + "/v1/completions", json={"model": "m", "prompt": "a b c", "max_tokens": 5}, timeout=10)
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["text"] == "d0 d1 d2 d3 d4"
+    assert len(p.received) == 1 and len(d.received) == 1
+    pre, dec = p.received[0], d.received[0]
+    assert pre["max_tokens"] == 1 and pre["kv_transfer_params"]["do_remote_decode"] is True
+    assert dec["kv_transfer_params"] == {"from": "p"}  # what the prefill engine returned
+    assert dec["max_tokens"] == 5 and dec["prompt"] == "a b c"
+
+
+def test_streaming_chat_relays_chunks_and_hides_usage_unless_asked(disagg):
+    _, d, _, url = disagg
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi there"}], "max_tokens": 4, "stream": True}
+    with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=10) as r:
+        assert r.status_code == 200
+        lines = [line for line in r.iter_lines() if line.startswith("data: ")]
+    assert lines[-1] == "data: [DONE]"
+    chunks = [json.loads(line[6:]) for line in lines[:-1]]
+    assert "".join(c["choices"][0]["delta"]["content"] for c in chunks) == "d0 d1 d2 d3 "
+    assert all("usage" not in c for c in chunks)
+    assert d.received[0]["stream"] is True
+
+
+@pytest.mark.parametrize("body,status,param", [
+    (b"{oops", 400, None),
+    (json.dumps({"model": "other", "prompt": "x"}).encode(), 404, "model"),
+    (json.dumps({"model": "m", "prompt": "x", "max_tokens": 0}).encode(), 400, "max_tokens"),
+    (json.dumps({"model": "m", "prompt": "x", "max_tokens": -3}).encode(), 400, "max_tokens"),
+    (json.dumps({"model": "m", "prompt": "w " * 600, "max_tokens": 5}).encode(), 400, "prompt"),
+    (json.dumps({"model": "m", "prompt": "w " * 500, "max_tokens": 100}).encode(), 400, "prompt"),
+    (json.dumps({"model": "m"}).encode(), 400, "prompt"),
+])
+def test_bad_requests_get_openai_errors(disagg, body, status, param):
+    _, _, _, url = disagg
+    r = httpx.post(url + "/v1/completions", content=body, headers={"content-type": "application/json"}, timeout=10)
+    assert r.status_code == status
+    err = r.json()["error"]
+    assert err["message"] and err["type"] and err["param"] == param
+
+
+def test_models_health_and_metrics(disagg):
+    _, _, _, url = disagg
+    assert httpx.get(url + "/v1/models").json()["data"][0]["id"] == "m"
+    assert httpx.get(url + "/health").status_code == 200
+    httpx.post(url + "/v1/completions", json={"prompt": "a b", "max_tokens": 3, "stream": True}, timeout=10)
+    time.sleep(0.3)
+    text = httpx.get(url + "/metrics").text
+    assert 'streamserve_lane_requests_total{lane="0",phase="prefill",role="prefill"} 1.0' in text
+    assert 'streamserve_lane_requests_total{lane="1",phase="decode",role="decode"} 1.0' in text
+    assert "streamserve_ttft_seconds_count 1.0" in text
+    assert "streamserve_tpot_seconds_count 1.0" in text
+    assert 'streamserve_spec_k{lane="1"}' in text
+    assert 'streamserve_lane_spec_draft_tokens{lane="1"} 40.0' in text
+
+
+def test_dead_decode_lane_retries_elsewhere_and_is_avoided():
+    p = FakeEngine("p").start()
+    d1, d2 = FakeEngine("a", delay=0.05).start(), FakeEngine("b", delay=0.05).start()
+    fe, server, url = _front([(p, LaneRole.PREFILL), (d1, LaneRole.DECODE), (d2, LaneRole.DECODE)])
+    try:
+        results: list[httpx.Response] = []
+
+        def call(i: int) -> None:
+            results.append(httpx.post(url + "/v1/completions", json={"prompt": f"q {i}", "max_tokens": 40}, timeout=30))
+
+        threads = [threading.Thread(target=call, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        time.sleep(0.6)  # both decode lanes are mid-way through their requests
+        d1.stop()
+        for t in threads:
+            t.join()
+        assert [r.status_code for r in results] == [200] * 4  # non-streamed: retried invisibly
+        assert all(r.json()["choices"][0]["text"].startswith("b0") for r in results)
+        assert not fe.lanes[1].healthy
+        r = httpx.post(url + "/v1/completions", json={"prompt": "after", "max_tokens": 3}, timeout=10)
+        assert r.status_code == 200 and r.json()["choices"][0]["text"] == "b0 b1 b2"
+        assert httpx.get(url + "/health").status_code == 200
+    finally:
+        server.stop()
+        for e in (p, d1, d2):
+            e.stop()
+
+
+def test_streamed_request_on_dead_lane_ends_with_error_event():
+    p, d = FakeEngine("p").start(), FakeEngine("d", delay=0.05).start()
+    fe, server, url = _front([(p, LaneRole.PREFILL), (d, LaneRole.DECODE)], timeout=3.0)
+    try:
+        lines: list[str] = []
+        with httpx.stream("POST", url + "/v1/completions", json={"prompt": "x y", "max_tokens": 100, "stream": True},
+                          timeout=30) as r:
+            for line in r.iter_lines():
+                if line.startswith("data: "):
+                    lines.append(line)
+                    if len(lines) == 5:
+                        d.stop()
+        assert lines[-1] == "data: [DONE]"
+        err = json.loads(lines[-2][6:])["error"]
+        assert err["code"] == "lane_down" and "lane 1" in err["message"]
+        r = httpx.post(url + "/v1/completions", json={"prompt": "x", "max_tokens": 3}, timeout=10)
+        assert r.status_code == 503 and "lane 1 down" in r.json()["error"]["message"]
+        assert httpx.get(url + "/health").status_code == 503  # up, and says why it cannot serve
+    finally:
+        server.stop()
+        p.stop()
+
+
+def test_colocated_lanes_take_whole_requests_round_robin():
+    a, b = FakeEngine("a").start(), FakeEngine("b").start()
+    fe, server, url = _front([(a, LaneRole.COLOCATED), (b, LaneRole.COLOCATED)])
+    try:
+        texts = [httpx.post(url + "/v1/completions", json={"prompt": "x", "max_tokens": 2}, timeout=10).json()
+                 ["choices"][0]["text"] for _ in range(4)]
+        assert texts == ["a0 a1", "b0 b1", "a0 a1", "b0 b1"]
+        assert all("kv_transfer_params" not in body for body in a.received + b.received)
+    finally:
+        server.stop()
+        a.stop()
+        b.stop()
+
+
+def test_bench_writes_simulate_outputs(disagg, tmp_path):
+    _, _, _, url = disagg
+    wl = synthetic(12, 50.0, seed=1, prompt=LengthDist(dist="fixed", value=8),
+                   output=LengthDist(dist="uniform", low=2, high=6))
+    result, extra = run_bench(wl, fill_prompts(wl, 1), BenchOptions(endpoint=url, k_sample_s=0.05))
+    summary = summarize(result)
+    summary.update(extra)
+    write_outputs(result, summary, tmp_path)
+    assert summary["completed"] == 12 and summary["failed"] == 0
+    for key in ("mean_ttft_ms", "p99_ttft_ms", "mean_tpot_ms", "mean_itl_ms", "request_throughput", "output_throughput"):
+        assert summary[key] > 0, key
+    assert summary["total_output_tokens"] == int(wl.output_len.sum())
+    rows = list(csv.DictReader(open(tmp_path / "requests.csv")))
+    assert len(rows) == 12 and {r["state"] for r in rows} == {"finished"}
+    assert json.loads((tmp_path / "summary.json").read_text())["completed"] == 12
