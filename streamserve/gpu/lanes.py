@@ -77,7 +77,6 @@ class LiveLane:
     healthy: bool = True
     down_reason: str = ""
     in_flight: dict[int, object] = field(default_factory=dict)  # request id -> Request
-    routed: int = 0  # requests sent here, for /metrics
     waiting: int = 0
     running: int = 0
     kv_usage: float = 0.0
