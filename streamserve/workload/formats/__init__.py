@@ -12,7 +12,7 @@ from streamserve.workload.formats.readers import (
 from streamserve.workload.formats.sharegpt import read_sharegpt
 from streamserve.workload.formats.table import check_readable, csv_header, find_column
 from streamserve.workload.formats.trace import Trace
-from streamserve.workload.spec import WorkloadConfig
+from streamserve.workload.spec import ColumnMap, WorkloadConfig
 
 Reader = Callable[[Path, WorkloadConfig, bool, Warn], Trace]
 
@@ -55,6 +55,8 @@ def detect(path: Path, cfg: WorkloadConfig) -> str:
             return "jsonl"
         if all(k in obj for k in MOONCAKE_KEYS):
             return "mooncake"
+        if "prompt_len" in obj and "output_len" in obj:
+            return "jsonl"
         keys = ", ".join(list(obj)[:8])
         raise WorkloadError(f"{path}:{line}: unknown JSONL format (keys: {keys}); expected Mooncake keys "
                             f"({', '.join(MOONCAKE_KEYS)}) or a workload.columns mapping in the config")
@@ -80,19 +82,24 @@ def read_trace(path: Path, fmt: str, cfg: WorkloadConfig, strict: bool, warn: Wa
         fmt = detect(path, cfg)
     if fmt not in READERS:
         raise WorkloadError(f"--format: {fmt!r} is not a trace file format (choose from {', '.join(READERS)})")
-    if fmt == "csv" and cfg.columns is None:
-        cfg = cfg.model_copy(update={"columns": _default_columns(path)})
+    if fmt in ("csv", "jsonl") and cfg.columns is None:
+        cfg = cfg.model_copy(update={"columns": _default_columns(path, fmt == "jsonl")})
     return READERS[fmt](path, cfg, strict, warn)
 
 
-def _default_columns(path: Path):
-    """For a CSV in our own layout: ``arrival``, ``prompt_len``, ``output_len`` (+ ``dataset``)."""
-    from streamserve.workload.spec import ColumnMap
-
-    header, _ = csv_header(path)
+def _default_columns(path: Path, jsonl: bool) -> ColumnMap:
+    """Our own layout: ``prompt_len``, ``output_len``, and ``arrival``/``dataset`` when present."""
+    if jsonl:
+        first, _ = _first_line(path)
+        try:
+            names = [str(k) for k in json.loads(first)]
+        except (json.JSONDecodeError, TypeError):
+            names = []
+    else:
+        names, _ = csv_header(path)
     return ColumnMap(
-        arrival="arrival" if find_column(header, "arrival") is not None else None,
-        dataset="dataset" if find_column(header, "dataset") is not None else None,
+        arrival="arrival" if find_column(names, "arrival") is not None else None,
+        dataset="dataset" if find_column(names, "dataset") is not None else None,
     )
 
 
