@@ -63,7 +63,9 @@ class FCFSScheduler(Scheduler):
 
     def on_lane_down(self, lane_id: int, lost: list[Request], now: float, view: ClusterView) -> list[Action]:
         actions: list[Action] = []
-        for request in lost:
+        gone = {id(r) for r in lost}
+        self._queue = deque(item for item in self._queue if id(item[0]) not in gone)
+        for request in reversed(lost):
             if request.attempts >= self.max_attempts:
                 actions.append(Fail(request, f"lane {lane_id} failed; no attempts left ({request.attempts})"))
             else:
