@@ -86,3 +86,20 @@ def test_alpha_overrides_and_default() -> None:
     warnings: list[str] = []
     resolve_workload("gsm8k", num_requests=5, config={"alpha": {"chat": 0.5}}, warn=warnings.append)
     assert "workload.alpha.chat: no requests carry this dataset tag" in warnings[0]
+
+
+def test_config_source_relative_to_the_config_file(tmp_path: Path) -> None:
+    (tmp_path / "t.csv").write_text("arrival,prompt_len,output_len\n0,5,6\n")
+    cfg_file = tmp_path / "cluster.yaml"
+    cfg_file.write_text("workload:\n  source: t.csv\n")
+    w = resolve_workload(None, config={"source": "t.csv"}, config_origin=str(cfg_file))
+    assert w.prompt_len.tolist() == [5]
+
+
+def test_ignored_options_are_reported() -> None:
+    warnings: list[str] = []
+    resolve_workload("gsm8k", num_requests=5, concurrency=2, rate=3.0, warn=warnings.append)
+    assert warnings == ["--rate 3.0: ignored with --concurrency (a closed loop sends on completion)"]
+    warnings.clear()
+    resolve_workload("gsm8k", num_requests=5, cv=2.0, warn=warnings.append)
+    assert warnings == ["--cv 2.0: ignored with --arrival default (it shapes gamma and onoff)"]

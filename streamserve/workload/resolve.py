@@ -72,6 +72,10 @@ def _merge(spec: str | None, fmt: str | None, num_requests: int | None, rate: fl
             raise WorkloadError(f"{config_origin}: workload: expected a mapping of fields")
         _validate(config, config_origin, None, "workload.")
         data.update(config)
+        src = config.get("source")
+        origin = Path(config_origin)
+        if isinstance(src, str) and _looks_like_path(src) and not Path(src).exists() and origin.is_file():
+            data["source"] = str(origin.parent / src)  # relative to the config file that names it
     if spec is not None and Path(spec).suffix in SPEC_SUFFIXES:
         try:
             file_data, text = read_mapping(spec)
@@ -212,10 +216,13 @@ def _finish(trace: Trace, name: str, alpha: dict[str, float], cfg: WorkloadConfi
             rng: np.random.Generator, warn: Warn) -> Workload:
     trace = _limit(trace, cfg, rng, warn)
     if cfg.concurrency:
-        if cfg.arrival is not None:
-            warn(f"--arrival {cfg.arrival}: ignored with --concurrency (a closed loop sends on completion)")
+        for flag, value in (("--arrival", cfg.arrival), ("--rate", cfg.rate), ("--cv", cfg.cv)):
+            if value is not None:
+                warn(f"{flag} {value}: ignored with --concurrency (a closed loop sends on completion)")
         arrival = None
     else:
+        if cfg.cv is not None and cfg.arrival not in ("gamma", "onoff"):
+            warn(f"--cv {cfg.cv}: ignored with --arrival {cfg.arrival or 'default'} (it shapes gamma and onoff)")
         arrival = _arrivals(trace, cfg, rng)
     n = len(trace)
     datasets = trace.datasets
