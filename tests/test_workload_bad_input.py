@@ -215,3 +215,25 @@ def test_hypothesis_jsonl_garbage(lines: list[str]) -> None:
             assert str(e).startswith(str(path)) and "\n" not in str(e)
         else:
             assert len(w) == sum(1 for x in lines if x.strip())
+
+
+FORMAT_NAMES = ["auto", "azure", "burstgpt", "mooncake", "sharegpt", "csv", "jsonl"]
+CSV_HEADS = [AZ_HEADER, "Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type\n",
+             "arrival,prompt_len,output_len\n", ""]
+
+
+@settings(max_examples=150, deadline=None)
+@given(fmt=st.sampled_from(FORMAT_NAMES), head=st.sampled_from(CSV_HEADS),
+       body=st.one_of(st.binary(max_size=200), st.text(max_size=200).map(str.encode),
+                      st.text(alphabet='{}[]":,0123456789.-eE \nabc', max_size=200).map(str.encode)))
+def test_hypothesis_any_bytes_any_format_is_loaded_or_one_line(fmt: str, head: str, body: bytes) -> None:
+    """Whatever the bytes and the named format: a workload, or one WorkloadError line naming the file."""
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "any.dat"
+        path.write_bytes(head.encode() + body)
+        try:
+            w = resolve_workload(str(path), fmt=fmt, warn=lambda m: None)
+        except WorkloadError as e:
+            assert "\n" not in str(e) and str(path) in str(e)
+        else:
+            assert len(w) >= 1 and w.prompt_len.min() >= 1 and w.output_len.min() >= 1

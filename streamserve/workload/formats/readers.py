@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from streamserve.workload.errors import Warn, WorkloadError, fail
-from streamserve.workload.formats.table import Kind, Table, read_csv, read_jsonl
+from streamserve.workload.formats.table import Kind, read_csv, read_jsonl
 from streamserve.workload.formats.trace import Trace, lengths, sort_by_time, timestamps
 from streamserve.workload.spec import TIME_UNITS, ColumnMap, WorkloadConfig
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import csv
 import json
-from collections import abc
 import warnings
+from collections import abc
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Sequence
@@ -169,9 +169,9 @@ def csv_header(path: Path) -> tuple[list[str], int]:
     check_readable(path)
     with path.open("rb") as f:
         for lineno, line in enumerate(f, start=1):
-            text = line.decode("utf-8-sig", errors="replace").strip()
+            text = line.decode("utf-8-sig", errors="replace").split("\r")[0].strip()
             if text:
-                return [h.strip() for h in next(csv.reader([text]))], lineno
+                return [h.strip() for h in _csv_row(text, path, lineno)], lineno
     raise WorkloadError(f"{path}: empty file (no header and no rows)")
 
 
@@ -221,7 +221,7 @@ def read_csv(path: Path, columns: dict[str, tuple[str, Kind]]) -> Table:
                 n = _check_field_counts(body, ncols, table, rows)
             if numeric_file is None:
                 first = body.split(b"\n", 1)[0]
-                cells = [c.strip() for c in (next(csv.reader([first.decode(errors="replace")]), []))]
+                cells = [c.strip() for c in _csv_row(first.decode(errors="replace"), path, table.line(rows))]
                 numeric_file = not quoted and all(_is_float(c.encode()) for c in cells)
                 for name, (col, kind) in columns.items():
                     if kind == "time" and idx[name] < len(cells):
@@ -285,11 +285,18 @@ def _split(body: bytes, n: int, ncols: int) -> np.ndarray:
     return np.array(body.replace(b"\n", b",").split(b","), dtype=bytes).reshape(n, ncols)
 
 
+def _csv_row(text: str, path: Path, line: int) -> list[str]:
+    try:
+        return next(csv.reader([text]), [])
+    except csv.Error as e:
+        raise fail(path, line, None, f"malformed CSV row ({e})") from None
+
+
 def _split_quoted(lines: list[bytes], ncols: int, table: Table, row0: int) -> np.ndarray:
     """The slow path for files that quote fields (a quoted field may hold a comma)."""
     out: list[list[bytes]] = []
     for i, line in enumerate(lines):
-        row = next(csv.reader([line.decode("utf-8", errors="replace")]), [])
+        row = _csv_row(line.decode("utf-8", errors="replace"), table.path, table.line(row0 + i))
         if len(row) != ncols:
             raise fail(table.path, table.line(row0 + i), None,
                        f"expected {ncols} fields, found {len(row)} (truncated or malformed row)")
@@ -298,21 +305,33 @@ def _split_quoted(lines: list[bytes], ncols: int, table: Table, row0: int) -> np
 
 
 # ---------------------------------------------------------------- JSONL
+JSONL_FLUSH_ROWS = 1 << 16
+
+
 def read_jsonl(path: Path, columns: dict[str, tuple[str, Kind]], optional: Sequence[str] = ()) -> Table:
     """Read fields of a JSON-lines file (one object per line) into columns.
 
     JSON has no fast columnar path without extra dependencies, so rows are decoded one
-    by one, but values go into per-chunk lists that become arrays at once: the objects
-    of a chunk are dropped before the next one is read.
+    by one; their values are gathered in lists that become arrays every 65,536 rows, so
+    the Python objects alive at any time are those of one block, not of the file.
     """
     check_readable(path)
     table = Table(path=path, first_line=1)
     lines_of_rows: list[int] = []
-    parts: dict[str, list] = {name: [] for name in columns}
-    ragged_vals: dict[str, list[int]] = {n: [] for n, (_, k) in columns.items() if k == "ints"}
-    ragged_lens: dict[str, list[int]] = {n: [] for n in ragged_vals}
+    pending: dict[str, list] = {name: [] for name in columns}
+    blocks: dict[str, list[np.ndarray]] = {name: [] for name in columns}
+    lens: dict[str, list[int]] = {n: [] for n, (_, k) in columns.items() if k == "ints"}
     present = {name: True for name in columns}
     rows = 0
+
+    def flush() -> None:
+        for name, (key, kind) in columns.items():
+            values = pending[name]
+            if kind == "text" or table.time_is_datetime.get(name):
+                continue  # kept as a list (text) or parsed at the end (datetimes)
+            blocks[name].append(np.asarray(values, dtype=np.int64 if kind == "ints" else np.float64))
+            pending[name] = []
+
     with path.open("rb") as f:
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
@@ -334,28 +353,32 @@ def read_jsonl(path: Path, columns: dict[str, tuple[str, Kind]], optional: Seque
                     raise fail(path, lineno, key, "field present here but missing on earlier lines")
                 v = obj[key]
                 if kind == "ints":
-                    if not isinstance(v, list) or not all(isinstance(x, int) and not isinstance(x, bool) for x in v):
-                        raise fail(path, lineno, key, "expected a list of integers")
-                    ragged_vals[name].extend(v)
-                    ragged_lens[name].append(len(v))
+                    if not isinstance(v, list) or not all(type(x) is int and -(2**63) <= x < 2**63 for x in v):
+                        raise fail(path, lineno, key, "expected a list of 64-bit integers")
+                    pending[name].extend(v)
+                    lens[name].append(len(v))
                 elif kind == "text":
-                    parts[name].append(str(v))
+                    pending[name].append(str(v))
+                elif kind == "time" and (table.time_is_datetime.get(name) or (rows == 0 and isinstance(v, str)
+                                                                             and not _is_float(v.encode()))):
+                    table.time_is_datetime[name] = True
+                    pending[name].append(str(v))
                 else:
-                    if isinstance(v, bool) or not isinstance(v, (int, float)):
-                        if isinstance(v, str) and kind == "time":
-                            parts[name].append(v)
-                            table.time_is_datetime[name] = True
-                            continue
-                        if isinstance(v, str) and _is_float(v.encode()):
-                            v = float(v)
-                        else:
-                            what = "null" if v is None else f"non-numeric value {v!r}"
-                            raise fail(path, lineno, key, what)
-                    parts[name].append(float(v))
+                    if isinstance(v, bool) or not isinstance(v, (int, float, str)) or (
+                            isinstance(v, str) and not _is_float(v.encode())):
+                        what = "null" if v is None else f"non-numeric value {v!r}"
+                        raise fail(path, lineno, key, what)
+                    try:
+                        pending[name].append(float(v))
+                    except OverflowError:
+                        raise fail(path, lineno, key, "number too large") from None
             lines_of_rows.append(lineno)
             rows += 1
+            if rows % JSONL_FLUSH_ROWS == 0:
+                flush()
     if rows == 0:
         raise WorkloadError(f"{path}: empty file (no JSON lines)")
+    flush()
     table.rows = rows
     table.line_numbers = np.asarray(lines_of_rows, dtype=np.int64)
     base: list[int] = []
@@ -363,15 +386,14 @@ def read_jsonl(path: Path, columns: dict[str, tuple[str, Kind]], optional: Seque
         if not present[name]:
             continue
         if kind == "ints":
-            lens = np.asarray(ragged_lens[name], dtype=np.int64)
-            offsets = np.zeros(len(lens) + 1, dtype=np.int64)
-            np.cumsum(lens, out=offsets[1:])
-            table.columns[name] = Ragged(np.asarray(ragged_vals[name], dtype=np.int64), offsets)
+            offsets = np.zeros(rows + 1, dtype=np.int64)
+            np.cumsum(np.asarray(lens[name], dtype=np.int64), out=offsets[1:])
+            table.columns[name] = Ragged(_concat(blocks[name], kind).astype(np.int64), offsets)
         elif kind == "text":
-            table.columns[name] = parts[name]
+            table.columns[name] = pending[name]
         elif table.time_is_datetime.get(name):
-            raw = np.array([str(x) for x in parts[name]], dtype=bytes)
+            raw = np.array([x.encode("utf-8", "replace") for x in pending[name]], dtype=bytes)
             table.columns[name] = _to_time(raw, table, 0, key, base)
         else:
-            table.columns[name] = np.asarray(parts[name], dtype=np.float64)
+            table.columns[name] = _concat(blocks[name], kind)
     return table
