@@ -3,7 +3,8 @@
     python benchmarks/trace_load.py [--rows 5000000] [--dir /tmp] [--out results/bench]
 
 Generates (once, cached in --dir) a ``--rows``-row Azure-2023-style CSV (datetime
-timestamps, the slowest CSV to parse), the same rows as a plain numeric CSV, and a
+timestamps), the same number of rows as a plain numeric CSV and as a BurstGPT CSV (text
+columns, loaded with a model filter), and a
 Mooncake JSONL of a fifth as many rows, then loads each through ``resolve_workload`` in a
 fresh process and reports wall and CPU time (CPU time is the steadier figure on a
 shared machine), rows/s, peak RSS and how many Python objects the
@@ -34,6 +35,21 @@ def _make(kind: str, rows: int, path: Path) -> None:
     if kind == "azure":
         big_azure(rows, path)
         return
+    if kind == "burstgpt":  # text columns: the split-and-convert path, plus a model filter
+        rng = np.random.default_rng(2)
+        with path.open("w") as f:
+            f.write("Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type\n")
+            t = 0
+            for i in range(0, rows, 500_000):
+                m = min(500_000, rows - i)
+                ts = t + np.cumsum(rng.integers(0, 2, m))
+                t = int(ts[-1])
+                model = rng.choice(["ChatGPT", "GPT-4"], m).tolist()
+                p = rng.integers(1, 8000, m).tolist()
+                o = rng.integers(1, 2000, m).tolist()
+                f.write("".join(f"{a},{b},{c},{d},{c + d},Conversation log\n"
+                                for a, b, c, d in zip(ts.tolist(), model, p, o)))
+        return
     rng = np.random.default_rng(1)
     block = 500_000
     t0 = 0.0
@@ -57,15 +73,16 @@ def _make(kind: str, rows: int, path: Path) -> None:
 def _load(path: str, queue: mp.Queue) -> None:
     from streamserve.workload.resolve import resolve_workload
 
+    config = {"model": "GPT-4"} if "burstgpt" in path else None
     gc.collect()
     objects0 = len(gc.get_objects())
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0, c0 = time.perf_counter(), time.process_time()
-    w = resolve_workload(path, warn=lambda m: None)
+    w = resolve_workload(path, config=config, warn=lambda m: None)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     gc.collect()
     queue.put({
-        "rows": len(w), "load_s": round(wall, 3), "cpu_s": round(cpu, 3), "rows_per_s": round(len(w) / wall),
+        "rows": len(w), "load_s": round(wall, 3), "cpu_s": round(cpu, 3),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "rss_before_mb": round(rss0 / 1024, 1),
         "python_objects_kept": len(gc.get_objects()) - objects0,
@@ -78,10 +95,12 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=5_000_000)
     ap.add_argument("--dir", type=Path, default=Path("/tmp"))
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "bench")
+    ap.add_argument("--only", nargs="*", help="formats to load (azure csv burstgpt mooncake)")
     args = ap.parse_args()
     files = {
         "azure": args.dir / f"streamserve_azure_{args.rows}.csv",
         "csv": args.dir / f"streamserve_numeric_{args.rows}.csv",
+        "burstgpt": args.dir / f"streamserve_burstgpt_{args.rows}.csv",
         "mooncake": args.dir / f"streamserve_mooncake_{args.rows // 5}.jsonl",
     }
     for kind, path in files.items():
@@ -92,16 +111,20 @@ def main() -> None:
     ctx = mp.get_context("spawn")
     results = []
     for kind, path in files.items():
+        if args.only and kind not in args.only:
+            continue
         q: mp.Queue = ctx.Queue()
         p = ctx.Process(target=_load, args=(str(path), q))
         p.start()
         row = q.get()
         p.join()
-        row.update({"format": kind, "file": path.name, "file_mb": round(path.stat().st_size / 2**20, 1)})
+        file_rows = args.rows // 5 if kind == "mooncake" else args.rows
+        row.update({"format": kind, "file": path.name, "file_mb": round(path.stat().st_size / 2**20, 1),
+                    "file_rows": file_rows, "file_rows_per_s": round(file_rows / row["load_s"])})
         results.append(row)
-        print(f"{kind:9s} {row['rows']:>9,} rows  {row['file_mb']:7.1f} MB  load {row['load_s']:6.2f} s "
-              f"(cpu {row['cpu_s']:6.2f} s)  "
-              f"{row['rows_per_s']:>10,} rows/s  peak RSS {row['peak_rss_mb']:7.1f} MB  "
+        print(f"{kind:9s} {file_rows:>9,} rows ({row['rows']:,} kept)  {row['file_mb']:7.1f} MB  "
+              f"load {row['load_s']:6.2f} s (cpu {row['cpu_s']:6.2f} s)  "
+              f"{row['file_rows_per_s']:>10,} rows/s  peak RSS {row['peak_rss_mb']:7.1f} MB  "
               f"objects kept {row['python_objects_kept']:,}")
     args.out.mkdir(parents=True, exist_ok=True)
     meta = {"python": sys.version.split()[0], "cpus": mp.cpu_count(), "loadavg_1m_after": os.getloadavg()[0]}

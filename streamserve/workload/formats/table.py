@@ -140,7 +140,8 @@ def _convert(raw: np.ndarray, kind: Kind, table: Table, row0: int, key: str, nam
              base: list[int]) -> np.ndarray:
     """Convert one chunk of column ``key`` (called ``name`` in the file)."""
     if kind == "text":
-        return raw
+        # A copy at the column's own width: a view would keep the whole chunk's fields alive.
+        return np.char.strip(raw)
     if kind == "time" and table.time_is_datetime.get(key):
         return _to_time(np.char.strip(raw), table, row0, name, base)
     return _to_float(raw, table, row0, name)
