@@ -2,13 +2,16 @@
 
 A production trace has millions of rows. Turning each row into a Python object before
 the simulation starts costs seconds and gigabytes, so these readers parse a file in
-chunks of a few megabytes straight into numpy arrays: per chunk, the text is split into
-fields in one ``bytes.split`` and each column is converted by numpy in C. Only when a
+chunks of a few megabytes straight into numpy arrays. Per chunk, every line's field
+count is checked in numpy; a file whose fields are all numbers is then parsed by
+``np.fromstring`` in C with no Python object per value, and any other file is split into
+fields in one ``bytes.split`` and converted column by column by numpy. Only when a
 conversion fails is the chunk walked row by row, to name the exact line that is bad.
 
-Row ``i`` of a returned table always comes from line ``first_line + i`` of the file (a
-blank line in the middle of a CSV is a bad row, not skipped), so any check made on the
-arrays can name the line of the first offending row.
+Row ``i`` of a returned CSV table always comes from line ``first_line + i`` of the file
+(a blank line in the middle of a CSV is a bad row, not skipped), so any check made on
+the arrays can name the line of the first offending row. JSONL tables skip blank lines
+and keep a row-to-line map instead.
 """
 from __future__ import annotations
 
