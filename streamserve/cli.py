@@ -18,8 +18,10 @@ from streamserve.metrics import parse_slo, summarize, write_outputs
 from streamserve.perfmodel import ProfileError
 from streamserve.policies.registry import PolicyError
 from streamserve.request import SLO
+from streamserve.workload.cli_options import workload_options
+from streamserve.workload.resolve import WorkloadError, resolve_workload
 
-USER_ERRORS = (ConfigError, ProfileError, PolicyError, OSError)
+USER_ERRORS = (ConfigError, ProfileError, PolicyError, WorkloadError, OSError)
 PROGRESS_FROM = 20_000  # requests: below this a run is over before a bar helps
 
 
@@ -71,25 +73,30 @@ def main_group() -> None:
 @click.option("--arch", type=click.Choice(ARCHITECTURES), default="streamserve", show_default=True,
               help="Built-in cluster to simulate (ignored with --config).")
 @click.option("--config", "config", type=click.Path(dir_okay=False), help="Cluster config file (YAML or TOML).")
-@click.option("--num-requests", "-n", type=click.IntRange(min=1), default=1000, show_default=True)
-@click.option("--rate", type=click.FloatRange(min=0, min_open=True), default=4.0, show_default=True,
-              help="Mean arrival rate, requests/s.")
+@click.option("--num-requests", "-n", type=click.IntRange(min=1), default=None,
+              help="Requests: generators make this many (default 1000); traces are cut to their first N.")
+@click.option("--rate", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Mean arrival rate, requests/s (default 5 for generators; traces replay as recorded).")
+@workload_options
 @click.option("--concurrency", type=click.IntRange(min=1), help="Closed loop of N clients instead of open arrivals.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--slo", multiple=True, metavar="ttft:MS|tpot:MS", help="SLO for goodput, e.g. --slo ttft:200 --slo tpot:50.")
 @click.option("--out", type=click.Path(file_okay=False), default="results/simulate", show_default=True,
               help="Directory for summary.json and requests.csv.")
 @click.option("--quiet", "-q", is_flag=True, help="No table, no progress bar.")
-def simulate(arch: str, config: str | None, num_requests: int, rate: float, concurrency: int | None,
-             seed: int, slo: tuple[str, ...], out: str, quiet: bool) -> None:
+def simulate(arch: str, config: str | None, num_requests: int | None, rate: float | None,
+             workload_spec: str | None, fmt: str | None, arrival: str | None, cv: float | None, strict: bool,
+             concurrency: int | None, seed: int, slo: tuple[str, ...], out: str, quiet: bool) -> None:
     """Simulate a cluster on a workload and write summary.json and requests.csv."""
     from streamserve.sim import run
-    from streamserve.workload.synthetic import synthetic
 
     cluster = cluster_from(arch, config)
     slo_obj = slo_from(slo, cluster)
-    workload = synthetic(num_requests, rate, seed, concurrency=concurrency, name="default")
     console = Console(stderr=True)
+    workload = resolve_workload(workload_spec, fmt=fmt, num_requests=num_requests, rate=rate,
+                                concurrency=concurrency, seed=seed, arrival=arrival, cv=cv, strict=strict,
+                                config=cluster.workload, config_origin=config or f"<builtin {arch}>",
+                                warn=lambda m: console.print(f"[yellow]warning:[/yellow] {m}", highlight=False, soft_wrap=True))
     if quiet or len(workload) < PROGRESS_FROM:
         result = run(cluster, workload, seed)
     else:
