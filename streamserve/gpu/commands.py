@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from streamserve.config import ConfigError
+from streamserve.workload.cli_options import workload_options
 
 
 def _fail(message: str) -> None:
@@ -40,23 +41,6 @@ def serve_cmd(config_path: str, log_dir: str | None) -> None:
         _fail(str(e))
 
 
-def _workload(spec: str | None, num_requests: int | None, rate: float | None, concurrency: int | None,
-              seed: int):
-    """The workload for ``bench``: through ``resolve_workload`` where this streamserve has
-    it (datasets, mixes, traces); a synthetic one otherwise."""
-    try:
-        from streamserve.workload.resolve import resolve_workload
-    except ImportError:
-        resolve_workload = None
-    if resolve_workload is not None:
-        return resolve_workload(spec, num_requests=num_requests, rate=rate, concurrency=concurrency, seed=seed)
-    if spec not in (None, "synthetic"):
-        raise ValueError(f"--workload {spec!r}: this streamserve only has the synthetic workload")
-    from streamserve.workload.synthetic import synthetic
-
-    return synthetic(num_requests or 100, None if concurrency else (rate or 1.0), seed, concurrency=concurrency)
-
-
 def _clip(workload, max_prompt: int | None, max_output: int | None) -> None:
     import numpy as np
 
@@ -68,32 +52,37 @@ def _clip(workload, max_prompt: int | None, max_output: int | None) -> None:
 
 @click.command("bench")
 @click.option("--endpoint", required=True, help="Base URL of an OpenAI-compatible server, e.g. http://127.0.0.1:8000")
-@click.option("--workload", "spec", default=None,
-              help="Dataset name, mix (mix:sum=1,humaneval=1), trace file or workload spec; default synthetic.")
-@click.option("-n", "--num-requests", type=int, default=None)
-@click.option("--rate", type=float, default=None, help="Requests per second (Poisson), unless the trace is timed.")
-@click.option("--concurrency", type=int, default=None, help="Closed loop with this many clients instead of a rate.")
-@click.option("--seed", type=int, default=0)
+@workload_options
+@click.option("-n", "--num-requests", type=click.IntRange(min=1), default=None)
+@click.option("--rate", type=float, default=None, help="Requests per second, unless the trace is replayed as timed.")
+@click.option("--concurrency", type=click.IntRange(min=1), default=None,
+              help="Closed loop of N clients instead of open arrivals.")
+@click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--model", default=None, help="Model name to request (default: the first the endpoint lists).")
 @click.option("--chat", is_flag=True, help="Use /v1/chat/completions instead of /v1/completions.")
 @click.option("--ignore-eos", is_flag=True, help="Generate exactly the workload's output lengths.")
-@click.option("--max-prompt-tokens", type=int, default=None, help="Clip prompt lengths (small models, CPUs).")
-@click.option("--max-output-tokens", type=int, default=None, help="Clip output lengths.")
-@click.option("--slo", "slo_items", multiple=True, help="ttft:MS and/or tpot:MS for goodput.")
+@click.option("--max-prompt-tokens", type=click.IntRange(min=1), default=None,
+              help="Clip prompt lengths (small models, CPUs).")
+@click.option("--max-output-tokens", type=click.IntRange(min=1), default=None, help="Clip output lengths.")
+@click.option("--slo", "slo_items", multiple=True, metavar="ttft:MS|tpot:MS", help="SLO for goodput.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="bench-out", show_default=True)
-def bench_cmd(endpoint: str, spec: str | None, num_requests: int | None, rate: float | None,
-              concurrency: int | None, seed: int, model: str | None, chat: bool, ignore_eos: bool,
-              max_prompt_tokens: int | None, max_output_tokens: int | None, slo_items: tuple[str, ...],
-              out_dir: str) -> None:
-    """Replay a workload against an endpoint; write summary.json and requests.csv."""
+def bench_cmd(endpoint: str, workload_spec: str | None, fmt: str | None, arrival: str | None, cv: float | None,
+              strict: bool, num_requests: int | None, rate: float | None, concurrency: int | None, seed: int,
+              model: str | None, chat: bool, ignore_eos: bool, max_prompt_tokens: int | None,
+              max_output_tokens: int | None, slo_items: tuple[str, ...], out_dir: str) -> None:
+    """Replay a workload against an OpenAI-compatible endpoint (ours or plain vLLM);
+    write summary.json, requests.csv and k_trace.csv as `simulate` does."""
     from streamserve.gpu.bench import BenchOptions, run_bench, write_k_trace
     from streamserve.gpu.prompts import fill_prompts
     from streamserve.metrics import parse_slo, summarize, write_outputs
+    from streamserve.workload.resolve import resolve_workload
 
     try:
         slo = parse_slo(slo_items)
-        workload = _workload(spec, num_requests, rate, concurrency, seed)
-    except (ValueError, ConfigError) as e:
+        workload = resolve_workload(workload_spec, fmt=fmt, num_requests=num_requests, rate=rate,
+                                    concurrency=concurrency, seed=seed, arrival=arrival, cv=cv, strict=strict,
+                                    warn=lambda m: click.echo(f"warning: {m}", err=True))
+    except (ValueError, ConfigError, OSError) as e:
         _fail(str(e))
     _clip(workload, max_prompt_tokens, max_output_tokens)
     prompts = fill_prompts(workload, seed)

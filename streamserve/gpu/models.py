@@ -176,8 +176,10 @@ def build_smollm2(out: Path) -> None:
     folder, fname = str(gguf_path.parent), gguf_path.name
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=fname)
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=fname, torch_dtype=torch.float32)
-    # The GGUF loader records its (dequantised) source format; vLLM would try to apply
-    # it to the safetensors weights and refuse, so the saved config must not carry it.
+    # The GGUF loader dequantises to float but records the source format, both on the
+    # model (transformers then refuses to save) and in its config (vLLM would then try to
+    # apply it to the safetensors weights). The weights are plain floats: drop both.
+    model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.save_pretrained(out, safe_serialization=True)
