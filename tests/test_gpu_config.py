@@ -22,6 +22,7 @@ from streamserve.gpu.lanes import LiveLane, parse_prometheus
 from streamserve.gpu.policyload import build_engine_spec_policy
 from streamserve.gpu.serve import build_lanes
 from streamserve.lanes import LaneRole
+from streamserve.request import Request, State
 
 
 def _shipped(name: str) -> Path:
@@ -213,8 +214,11 @@ def test_lane_stats_from_engine_metrics_and_front_end_in_flight(tmp_path):
     lane.update(parse_prometheus(METRICS.replace("40.0", "60.0").replace("20.0", "35.0")))
     assert lane.stats().acceptance_rate == pytest.approx(0.8 * 0.5 + 0.2 * (15 / 20))  # smoothed
     for rid in range(7):  # sent by the front end, not yet seen by the engine's scrape
-        lane.in_flight[rid] = object()
-    assert lane.stats().num_waiting == 2 + (7 - 5)
+        lane.in_flight[rid] = Request(id=rid, arrival=0.0, prompt_len=100, output_len=10,
+                                      state=State.TRANSFER if rid < 4 else State.DECODE)
+    s = lane.stats()
+    assert s.num_waiting == 2 + (7 - 5)
+    assert (s.tokens_queued, s.context_tokens) == (400, 300)
     (tmp_path / "k.jsonl").write_text('{"t": 1.0, "k": 4, "batch": 1}\n{"t": 2.0, "k": 1, "batch": 3}\n{"t": 3')
     lane.read_k_trace()
     assert lane.spec_k == 1 and lane.k_changes == [(1.0, 4), (2.0, 1)]

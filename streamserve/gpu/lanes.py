@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from streamserve.lanes import LaneRole, LaneStats
+from streamserve.request import Request, State
 
 # The engine metrics a lane reads (vLLM v1 names).
 M_WAITING = "vllm:num_requests_waiting"
@@ -76,7 +77,7 @@ class LiveLane:
     k_trace_path: Path | None = None
     healthy: bool = True
     down_reason: str = ""
-    in_flight: dict[int, object] = field(default_factory=dict)  # request id -> Request
+    in_flight: dict[int, Request] = field(default_factory=dict)
     waiting: int = 0
     running: int = 0
     kv_usage: float = 0.0
@@ -125,9 +126,16 @@ class LiveLane:
         end sent since (requests it has not seen running count as waiting)."""
         mine = len(self.in_flight)
         seen = self.waiting + self.running
+        queued = context = 0
+        for req in self.in_flight.values():
+            if req.state in (State.QUEUED, State.PREFILL, State.TRANSFER):
+                queued += req.prompt_len  # still to prefill here, or KV still to arrive
+            else:
+                context += req.prompt_len  # decoding: its KV is held here
         return LaneStats(
             lane_id=self.lane_id, role=self.role, healthy=self.healthy,
             num_waiting=self.waiting + max(0, mine - seen), num_running=self.running,
+            tokens_queued=queued, context_tokens=context,
             kv_usage=self.kv_usage, max_num_seqs=self.max_num_seqs,
             acceptance_rate=self.acceptance, spec_k=self.spec_k, pair=self.pair, tp=self.tp,
         )
