@@ -28,6 +28,7 @@ class FakeEngine:
         self.delay = delay
         self.max_model_len = max_model_len
         self.received: list[dict[str, Any]] = []
+        self.drafted = 0  # spec-decode counters, growing as a decode engine's would
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.server: ServerThread | None = None
@@ -47,9 +48,9 @@ class FakeEngine:
                 f'vllm:num_requests_running{{engine="0",model_name="m"}} 0.0\n'
                 f'vllm:num_requests_waiting{{engine="0",model_name="m"}} 0.0\n'
                 f'vllm:kv_cache_usage_perc{{engine="0",model_name="m"}} 0.25\n'
-                f'vllm:spec_decode_num_drafts_total{{engine="0",model_name="m"}} 10.0\n'
-                f'vllm:spec_decode_num_draft_tokens_total{{engine="0",model_name="m"}} 40.0\n'
-                f'vllm:spec_decode_num_accepted_tokens_total{{engine="0",model_name="m"}} 30.0\n'
+                f'vllm:spec_decode_num_drafts_total{{engine="0",model_name="m"}} {self.drafted}.0\n'
+                f'vllm:spec_decode_num_draft_tokens_total{{engine="0",model_name="m"}} {4 * self.drafted}.0\n'
+                f'vllm:spec_decode_num_accepted_tokens_total{{engine="0",model_name="m"}} {3 * self.drafted}.0\n'
             )
             return Response(text, media_type="text/plain")
 
@@ -62,6 +63,7 @@ class FakeEngine:
         async def complete(request: Request, chat: bool) -> Response:
             body = await request.json()
             self.received.append(body)
+            self.drafted += 10
             n = int(body.get("max_tokens") or body.get("max_completion_tokens") or 16)
             words = [f"{self.name}{i}" for i in range(n)]
             kv = {"from": self.name} if (body.get("kv_transfer_params") or {}).get("do_remote_decode") else None

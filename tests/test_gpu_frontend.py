@@ -96,7 +96,7 @@ def test_models_health_and_metrics(disagg):
     assert "streamserve_ttft_seconds_count 1.0" in text
     assert "streamserve_tpot_seconds_count 1.0" in text
     assert 'streamserve_spec_k{lane="1"}' in text
-    assert 'streamserve_lane_spec_draft_tokens{lane="1"} 40.0' in text
+    assert 'streamserve_lane_spec_draft_tokens{lane="1"} 40.0' in text  # one request: 10 drafts of 4
 
 
 def test_dead_decode_lane_retries_elsewhere_and_is_avoided():

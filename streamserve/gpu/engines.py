@@ -146,9 +146,12 @@ def engine_env(lane_id: int, entry: EngineEntry, cfg: LiveConfig, base: dict[str
         env["VLLM_CPU_OMP_THREADS_BIND"] = "nobind"
     if speculates(entry, cfg):
         policy = cfg.spec_policy.model_dump()
+        perf = cfg.perf.model_dump()
+        if perf["profile"] is not None:  # the engine may run elsewhere than the config's folder
+            perf["profile"] = str(Path(perf["profile"]).resolve())
         env[ENV_SPEC_POLICY] = json.dumps({
             "lane_id": lane_id, "tp": entry.tp, "policy": policy,
-            "perf": cfg.perf.model_dump(), "draft": cfg.draft_profile_name,
+            "perf": perf, "draft": cfg.draft_profile_name,
         }, sort_keys=True)
         if k_trace is not None:
             env[ENV_K_TRACE] = str(k_trace)
