@@ -79,6 +79,10 @@ def test_cpu_example_uses_example_connector_and_no_gpu_settings(tmp_path):
         assert s.log_path.parent == tmp_path
     assert specs[1].k_trace_path == tmp_path / "k-trace-lane1.jsonl"
     assert specs[1].env["STREAMSERVE_K_TRACE"] == str(tmp_path / "k-trace-lane1.jsonl")
+    assert "STREAMSERVE_STEP_LOG" not in specs[1].env
+    cfg.profile_steps = True
+    assert engine_specs(cfg, base_env={}, log_dir=tmp_path)[1].env["STREAMSERVE_STEP_LOG"] == \
+        str(tmp_path / "steps-lane1.jsonl")
 
 
 def test_colocated_config_has_no_kv_connector():

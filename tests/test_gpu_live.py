@@ -42,7 +42,8 @@ def _cfg(kind: str, ports: list[int], kv_path: str, log_dir: str) -> dict:
     if kind == "disagg":
         base.update(engines=[{"role": "prefill", "port": ports[0]}, {"role": "decode", "port": ports[1]}],
                     speculation={"method": "ngram", "k_max": 4, "prompt_lookup_min": 2, "prompt_lookup_max": 4},
-                    spec_policy={"name": "tests.gpu_policies:BatchStep", "k_single": 4, "k_batched": 1})
+                    spec_policy={"name": "tests.gpu_policies:BatchStep", "k_single": 4, "k_batched": 1},
+                    profile_steps=True)
     else:
         base.update(engines=[{"role": "colocated", "port": ports[0]}], speculation={"method": "none"})
     return base
@@ -157,6 +158,11 @@ def test_decode_engine_counters_follow_the_policys_k(live):
     ks = {json.loads(line)["k"] for line in live["k_trace"].read_text().splitlines()}
     assert {1, 4} <= ks
     assert live["fe"].lanes[1].spec_k in (1, 4)
+    steps = [json.loads(line) for line in live["k_trace"].with_name("steps-lane1.jsonl").read_text().splitlines()]
+    drafted = sum(s["drafted"] for s in steps)  # what the policy was told, step by step ...
+    assert drafted == pytest.approx(_draft_counts(live["decode"])[1], rel=0.02)  # ... is what vLLM counted
+    assert all(s["dt"] > 0 and s["tokens"] >= s["batch"] for s in steps)
+    assert sum(s["accepted"] for s in steps) > 0
 
 
 def test_prompt_longer_than_the_model_allows_is_a_400(live):

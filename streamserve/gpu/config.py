@@ -95,6 +95,7 @@ class LiveConfig(_Strict):
     router: PolicyConfig = PolicyConfig(name="round_robin")
     spec_policy: PolicyConfig = PolicyConfig(name="fixed", k=4)
     perf: PerfRef = PerfRef()
+    profile_steps: bool = False  # log every speculative step (tokens, duration) to fit `perf`
     log_dir: str = "streamserve-logs"
     startup_timeout_s: float = Field(600.0, gt=0)
     python: str | None = None  # interpreter that has vLLM; default: the one running streamserve

@@ -26,6 +26,7 @@ from streamserve.gpu.config import EngineEntry, LiveConfig
 SPEC_SCHEDULER_CLS = "streamserve.gpu.specsched.SpecuStreamScheduler"
 ENV_SPEC_POLICY = "STREAMSERVE_SPEC_POLICY"  # JSON: the policy config the engine's scheduler builds
 ENV_K_TRACE = "STREAMSERVE_K_TRACE"  # file the engine's scheduler appends k changes to
+ENV_STEP_LOG = "STREAMSERVE_STEP_LOG"  # file it appends every step to (profile_steps: true)
 NIXL_SIDE_CHANNEL_BASE = 5600  # one NIXL handshake port per engine on a host
 
 
@@ -155,6 +156,8 @@ def engine_env(lane_id: int, entry: EngineEntry, cfg: LiveConfig, base: dict[str
         }, sort_keys=True)
         if k_trace is not None:
             env[ENV_K_TRACE] = str(k_trace)
+            if cfg.profile_steps:
+                env[ENV_STEP_LOG] = str(k_trace.with_name(f"steps-lane{lane_id}.jsonl"))
     return env
 
 
@@ -235,6 +238,8 @@ class Engine:
         self.spec.log_path.parent.mkdir(parents=True, exist_ok=True)
         if self.spec.k_trace_path is not None:
             self.spec.k_trace_path.unlink(missing_ok=True)
+        if ENV_STEP_LOG in self.spec.env:
+            Path(self.spec.env[ENV_STEP_LOG]).unlink(missing_ok=True)
         self._log = open(self.spec.log_path, "ab")
         self.proc = subprocess.Popen(self.spec.argv, env=self.spec.env, stdout=self._log,
                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

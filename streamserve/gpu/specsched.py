@@ -12,7 +12,9 @@ is reported to the policy in ``update_from_output``.
 
 This module is loaded by the engine process (``--scheduler-cls``), which finds the
 policy config in ``$STREAMSERVE_SPEC_POLICY`` (JSON written by ``engines.engine_env``)
-and appends each change of k to ``$STREAMSERVE_K_TRACE`` for the front end to read.
+and appends each change of k to ``$STREAMSERVE_K_TRACE`` for the front end to read
+(and, with ``profile_steps: true``, every step's tokens and duration to
+``$STREAMSERVE_STEP_LOG``, to fit a profile of the engine's real step costs).
 """
 from __future__ import annotations
 
@@ -55,6 +57,7 @@ class SpecuStreamScheduler(Scheduler):
         self.policy: SpecPolicy = build_engine_spec_policy(conf, k_max=self.k_cap)
         self.max_num_seqs: int = self.scheduler_config.max_num_seqs
         self.trace_path = os.environ.get("STREAMSERVE_K_TRACE") or None
+        self.steps_path = os.environ.get("STREAMSERVE_STEP_LOG") or None
         self._t0 = time.monotonic()
         self._k_now = 0  # depth chosen for the step being scheduled
         self._k_prev = 0  # depth the drafts being verified now were made with
@@ -98,6 +101,13 @@ class SpecuStreamScheduler(Scheduler):
         except OSError:
             self.trace_path = None  # a full disk must not take the engine down
 
+    def _log_step(self, record: dict[str, Any]) -> None:
+        try:
+            with open(self.steps_path, "a") as f:  # type: ignore[arg-type]
+                f.write(json.dumps(record) + "\n")
+        except OSError:
+            self.steps_path = None
+
     # ------------------------------------------------------------ vLLM hooks
     def schedule(self, *args: Any, **kwargs: Any):  # type: ignore[override]
         self._k_prev = self._k_now
@@ -125,6 +135,10 @@ class SpecuStreamScheduler(Scheduler):
         if self._drafted > 0:
             rate = self._accepted / self._drafted
             self._acceptance = rate if self._acceptance is None else a * self._acceptance + (1 - a) * rate
+        if self.steps_path is not None:
+            self._log_step({"dt": duration, "tokens": scheduler_output.total_num_scheduled_tokens, "batch": batch,
+                            "k": self._k_prev, "context": self._context_tokens(), "drafted": self._drafted,
+                            "accepted": self._accepted})
         self.policy.observe(StepObservation(
             lane_id=self.lane_id, k=self._k_prev, batch_size=batch, context_tokens=self._context_tokens(),
             drafted=self._drafted, accepted=self._accepted, step_time=duration, now=end - self._t0,
