@@ -1,0 +1,184 @@
+"""SpecuStream: choose the speculation depth k of every decode step to maximise goodput.
+
+The paper says only that SpecuStream "tunes speculation depth online from runtime
+signals". This module makes that precise:
+
+* **Objective.** For a batch of ``n_c`` sequences of workload class ``c`` with per-token
+  acceptance ``alpha_c``, a step with depth ``k`` yields in expectation
+  ``sum_c n_c * (1 - alpha_c**(k+1)) / (1 - alpha_c)`` tokens (the verifier keeps the
+  accepted prefix of the draft plus one token of its own) and takes
+  ``T(k) = LanePerf.spec_step_time(batch, context, k)`` seconds. SpecuStream picks the
+  ``k`` in ``[0, k_max]`` with the largest tokens per second. ``T`` is linear in ``k``
+  (one verify token and one draft pass per extra depth), so the scan over ``k`` needs two
+  perf-model calls, not ``k_max + 1``: ``depth()`` runs every step of every lane.
+* **Acceptance, online.** The runtime reports per step (and per class) how many tokens
+  were drafted and accepted. Under the prefix-acceptance model the accepted count of one
+  sequence is a geometric variable truncated at ``k``, so ``accepted / drafted`` is *not*
+  an estimate of ``alpha`` (it is biased low, more so the larger ``k``). The estimator
+  keeps exponentially-forgotten counts of accepted tokens ("successes") and of expected
+  rejections ("failures": a sequence of depth ``k`` stops early with probability
+  ``1 - alpha**k``), and estimates ``alpha = successes / (successes + failures)``, the
+  Beta-posterior mean with a prior. Its fixed point solves the moment equation
+  ``accepted per sequence = alpha (1 - alpha**k) / (1 - alpha)`` exactly, for any mix of
+  ``k``. Forgetting (``decay`` per observation) lets it follow drift in ~20-60 steps.
+* **Per lane and per class, with pooling.** A (lane, class) estimate shrinks towards the
+  class estimate pooled over all lanes (``prior_strength`` pseudo-tokens), so a lane that
+  has seen few sequences of a class starts from what the cluster knows instead of a guess.
+* **k = 0 is reachable, and not a trap.** At large batches verification costs more than
+  the accepted tokens bring, and the objective picks k = 0. A lane at k = 0 drafts
+  nothing and so learns nothing about acceptance; every ``probe_every`` steps at k = 0 it
+  runs one step at k = 1 to keep its estimate current (cost: a fraction of one step in
+  ``probe_every``).
+* **Hysteresis.** The previous k is kept unless another is better by ``switch_margin``
+  (relative), which stops flapping between near-equal depths on a flat optimum.
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+from streamserve.lanes import LaneStats
+from streamserve.perfmodel import LanePerf
+from streamserve.policies.base import SpecPolicy, StepObservation
+
+ALL = "*"  # the class key used when the runtime does not split a batch by dataset
+ALPHA_CAP = 0.995  # keeps 1 - alpha away from 0 in the expected-tokens formula
+
+
+def expected_tokens(alpha: float, k: int) -> float:
+    """Tokens one sequence gains from a step of depth ``k`` at per-token acceptance ``alpha``."""
+    a = min(max(alpha, 0.0), ALPHA_CAP)
+    return (1.0 - a ** (k + 1)) / (1.0 - a)
+
+
+def best_depth(perf: LanePerf, batch: int, context: int, alphas: Mapping[str, float],
+               counts: Mapping[str, int], k_max: int) -> tuple[int, list[float]]:
+    """Brute force over k of expected tokens per second: (best k, goodput for each k).
+
+    The reference the online controller is tested against; also handy in notebooks.
+    """
+    rates = []
+    for k in range(k_max + 1):
+        toks = sum(n * expected_tokens(alphas[c], k) for c, n in counts.items())
+        rates.append(toks / perf.spec_step_time(batch, context, k))
+    best = max(range(k_max + 1), key=rates.__getitem__)
+    return best, rates
+
+
+class _Counts:
+    """Forgotten success/failure counts of one acceptance estimate."""
+
+    __slots__ = ("s", "f")
+
+    def __init__(self) -> None:
+        self.s = 0.0
+        self.f = 0.0
+
+
+class SpecuStream(SpecPolicy):
+    name = "specustream"
+
+    def __init__(self, perf: Mapping[int, LanePerf], k_max: int, prior_alpha: float = 0.6,
+                 prior_strength: float = 8.0, decay: float = 0.97, probe_every: int = 32,
+                 switch_margin: float = 0.01) -> None:
+        if not perf:
+            raise ValueError("perf: SpecuStream needs the lanes' performance models")
+        if k_max < 0:
+            raise ValueError(f"k_max: must be >= 0, got {k_max}")
+        if not 0.0 < prior_alpha < 1.0:
+            raise ValueError(f"prior_alpha: must be in (0, 1), got {prior_alpha}")
+        if prior_strength <= 0:
+            raise ValueError(f"prior_strength: must be > 0, got {prior_strength}")
+        if not 0.0 < decay <= 1.0:
+            raise ValueError(f"decay: must be in (0, 1], got {decay}")
+        if probe_every < 1:
+            raise ValueError(f"probe_every: must be >= 1, got {probe_every}")
+        if switch_margin < 0:
+            raise ValueError(f"switch_margin: must be >= 0, got {switch_margin}")
+        self.perf = dict(perf)
+        self._default_perf = next(iter(self.perf.values()))
+        self.k_max = k_max
+        self.prior_alpha = prior_alpha
+        self.prior_strength = prior_strength
+        self.decay = decay
+        self.probe_every = probe_every
+        self.switch_margin = switch_margin
+        self._lane_counts: dict[tuple[int, str], _Counts] = {}
+        self._pool_counts: dict[str, _Counts] = {}
+        self._alpha: dict[tuple[int, str], float] = {}  # cached estimates, refreshed in observe()
+        self._last_k: dict[int, int] = {}
+        self._idle: dict[int, int] = {}  # consecutive k = 0 steps per lane
+
+    # ------------------------------------------------------------ estimates
+    def pooled_alpha(self, cls: str) -> float:
+        c = self._pool_counts.get(cls)
+        if c is None:
+            return self.prior_alpha
+        m = self.prior_strength
+        return (c.s + m * self.prior_alpha) / (c.s + c.f + m)
+
+    def alpha(self, lane_id: int, cls: str = ALL) -> float:
+        """The current acceptance estimate for ``cls`` on ``lane_id``."""
+        a = self._alpha.get((lane_id, cls))
+        return self.pooled_alpha(cls) if a is None else a
+
+    def _update(self, c: _Counts, k: int, drafted: int, accepted: int, alpha_now: float) -> None:
+        seqs = drafted / k
+        c.s = c.s * self.decay + accepted
+        c.f = c.f * self.decay + seqs * (1.0 - min(alpha_now, ALPHA_CAP) ** k)
+
+    def observe(self, obs: StepObservation) -> None:
+        if obs.k <= 0 or obs.drafted <= 0:
+            return
+        groups = obs.by_class if obs.by_class else {ALL: (obs.drafted, obs.accepted)}
+        for cls, (drafted, accepted) in groups.items():
+            if drafted <= 0:
+                continue
+            key = (obs.lane_id, cls)
+            pool = self._pool_counts.get(cls)
+            if pool is None:
+                pool = self._pool_counts[cls] = _Counts()
+            self._update(pool, obs.k, drafted, accepted, self.pooled_alpha(cls))
+            lane = self._lane_counts.get(key)
+            if lane is None:
+                lane = self._lane_counts[key] = _Counts()
+            self._update(lane, obs.k, drafted, accepted, self.alpha(obs.lane_id, cls))
+            m = self.prior_strength
+            self._alpha[key] = (lane.s + m * self.pooled_alpha(cls)) / (lane.s + lane.f + m)
+
+    # ------------------------------------------------------------ decision
+    def depth(self, lane: LaneStats, batch_size: int, context_tokens: int, now: float,
+              classes: dict[str, int] | None = None) -> int:
+        if self.k_max == 0 or batch_size <= 0:
+            return 0
+        lid = lane.lane_id
+        perf = self.perf.get(lid, self._default_perf)
+        t0 = perf.spec_step_time(batch_size, context_tokens, 0)
+        dt = perf.spec_step_time(batch_size, context_tokens, 1) - t0  # T(k) = t0 + k * dt
+        mix = [(self.alpha(lid, c), n) for c, n in classes.items() if n > 0] if classes else []
+        if not mix:
+            mix = [(self.alpha(lid, ALL), batch_size)]
+        # Scan k with running powers: tokens(k) = sum_c n_c (1 - a_c^(k+1)) / (1 - a_c).
+        pw = [min(a, ALPHA_CAP) for a, _ in mix]
+        inv = [n / (1.0 - a) for a, n in zip(pw, (n for _, n in mix))]
+        pows = list(pw)  # a_c^(k+1) for the current k
+        rates = []
+        for k in range(self.k_max + 1):
+            toks = 0.0
+            for i in range(len(mix)):
+                toks += inv[i] * (1.0 - pows[i])
+                pows[i] *= pw[i]
+            rates.append(toks / (t0 + k * dt))
+        best = max(range(self.k_max + 1), key=rates.__getitem__)
+        prev = self._last_k.get(lid)
+        if prev is not None and prev <= self.k_max and rates[prev] * (1.0 + self.switch_margin) >= rates[best]:
+            best = prev
+        self._last_k[lid] = best
+        if best == 0:
+            idle = self._idle.get(lid, 0) + 1
+            if idle >= self.probe_every:
+                self._idle[lid] = 0
+                return 1
+            self._idle[lid] = idle
+        else:
+            self._idle[lid] = 0
+        return best
