@@ -79,9 +79,6 @@ class Request:
     attempts: int = 0  # prefills started (more than one after a lane failure or preemption)
     preemptions: int = 0
     reason: str = ""  # why it was rejected or failed
-    spec_steps: int = 0  # decode steps that produced tokens for this request
-    itl_sum: float = 0.0  # sum of gaps between successive token deliveries after the first
-    itl_max: float = 0.0
     extra: dict | None = None  # runtime-specific notes (e.g. live response ids)
 
     @property
