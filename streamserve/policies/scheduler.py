@@ -38,7 +38,6 @@ import heapq
 import itertools
 import math
 from collections import deque
-from dataclasses import replace
 from typing import Mapping, Sequence
 
 from streamserve.lanes import LaneStats
@@ -73,7 +72,7 @@ class _Shadow:
         for lane in lanes:
             e = self.extra.get(lane.lane_id)
             if e is not None:
-                lane = replace(lane, num_waiting=lane.num_waiting + e[0], tokens_queued=lane.tokens_queued + e[1])
+                lane = lane._replace(num_waiting=lane.num_waiting + e[0], tokens_queued=lane.tokens_queued + e[1])
             out.append(lane)
         return out
 

@@ -107,6 +107,7 @@ class SpecuStream(SpecPolicy):
         self._alpha: dict[tuple[int, str], float] = {}  # cached estimates, refreshed in observe()
         self._last_k: dict[int, int] = {}
         self._idle: dict[int, int] = {}  # consecutive k = 0 steps per lane
+        self._single: dict[int, str] = {}  # lane -> the one class of its last batch, if it had one
 
     # ------------------------------------------------------------ estimates
     def pooled_alpha(self, cls: str) -> float:
@@ -129,7 +130,10 @@ class SpecuStream(SpecPolicy):
     def observe(self, obs: StepObservation) -> None:
         if obs.k <= 0 or obs.drafted <= 0:
             return
-        groups = obs.by_class if obs.by_class else {ALL: (obs.drafted, obs.accepted)}
+        if obs.by_class:
+            groups = obs.by_class
+        else:  # a batch of one class is reported without a split: it is the class depth() saw
+            groups = {self._single.get(obs.lane_id, ALL): (obs.drafted, obs.accepted)}
         for cls, (drafted, accepted) in groups.items():
             if drafted <= 0:
                 continue
@@ -154,9 +158,15 @@ class SpecuStream(SpecPolicy):
         perf = self.perf.get(lid, self._default_perf)
         t0 = perf.spec_step_time(batch_size, context_tokens, 0)
         dt = perf.spec_step_time(batch_size, context_tokens, 1) - t0  # T(k) = t0 + k * dt
-        mix = [(self.alpha(lid, c), n) for c, n in classes.items() if n > 0] if classes else []
-        if not mix:
-            mix = [(self.alpha(lid, ALL), batch_size)]
+        if classes and len(classes) == 1:
+            cls = next(iter(classes))
+            self._single[lid] = cls
+            mix = [(self.alpha(lid, cls), batch_size)]
+        else:
+            self._single.pop(lid, None)
+            mix = [(self.alpha(lid, c), n) for c, n in classes.items() if n > 0] if classes else []
+            if not mix:
+                mix = [(self.alpha(lid, ALL), batch_size)]
         # Scan k with running powers: tokens(k) = sum_c n_c (1 - a_c^(k+1)) / (1 - a_c).
         pw = [min(a, ALPHA_CAP) for a, _ in mix]
         inv = [n / (1.0 - a) for a, n in zip(pw, (n for _, n in mix))]
