@@ -227,10 +227,12 @@ class StreamScheduler(Scheduler):
 
     def _predicted_wait(self, view: ClusterView) -> float:
         """Queueing delay a new arrival would see: the prompt tokens ahead of it, here and
-        in lane queues, spread over the healthy prefill lanes."""
+        in lane queues, spread over the healthy prefill lanes. With none healthy there is
+        no basis for a prediction (they may come back): 0, and the deadline check in
+        ``_dispatch`` rejects the request if they do not come back in time."""
         lanes = [lane for lane in view.lanes(Phase.PREFILL) if lane.healthy]
         if not lanes:
-            return math.inf
+            return 0.0
         ahead = self._queued_tokens + min(lane.tokens_queued for lane in lanes) * len(lanes)
         return ahead * self._sec_per_token / len(lanes)
 
