@@ -96,13 +96,19 @@ class FlowGuard(Router):
                                - perf.decode_small.a * 1e-3)
         return t
 
-    def predict_tpot(self, request: Request, lane: LaneStats) -> float:
-        """Uncorrected seconds per output token of ``request`` once it joins ``lane``'s batch."""
+    def predict_tpot(self, request: Request, lane: LaneStats, acceptance: float | None = None) -> float:
+        """Uncorrected seconds per output token of ``request`` once it joins ``lane``'s batch.
+
+        ``acceptance``: the draft acceptance rate to expect for this request; by default
+        the lane's. When routing, FlowGuard passes the mean over the candidate lanes:
+        acceptance belongs mostly to the request's workload, not to the lane, and a lane's
+        rate only says which requests it happens to hold, so comparing lanes on it herds
+        new work onto whichever lane had a lucky streak."""
         perf = self.perf.get(lane.lane_id, self._default_perf)
         batch = lane.num_running + lane.num_waiting + 1
         context = lane.context_tokens + lane.tokens_queued + request.prompt_len
         k = lane.spec_k
-        acc = lane.acceptance_rate or 0.0
+        acc = acceptance if acceptance is not None else (lane.acceptance_rate or 0.0)
         per_step = 1.0 + k * acc
         running = min(batch, lane.max_num_seqs)
         t = perf.spec_step_time(running, context * running // batch, k) / per_step
@@ -133,8 +139,12 @@ class FlowGuard(Router):
         ok = [lane for lane in lanes if self._fits(request, lane, phase)]
         if not ok:
             return []
-        predict = self.predict_tpot if phase is Phase.DECODE else self.predict_prefill
-        raw = [predict(request, lane) for lane in ok]
+        if phase is Phase.DECODE:
+            rates = [lane.acceptance_rate for lane in ok if lane.acceptance_rate is not None]
+            acc = sum(rates) / len(rates) if rates else 0.0
+            raw = [self.predict_tpot(request, lane, acc) for lane in ok]
+        else:
+            raw = [self.predict_prefill(request, lane) for lane in ok]
         lat = [r * self.correction(lane.lane_id, phase) for r, lane in zip(raw, ok)]
         best = max(min(lat), 1e-9)
         max_tokens = max(lane.tokens_queued for lane in ok) or 1

@@ -82,7 +82,7 @@ class StreamScheduler(Scheduler):
 
     def __init__(self, router: Router, perf: Mapping[int, LanePerf] | None = None, order: str = "fcfs",
                  pairing: str = "independent", max_attempts: int = 3, max_pending: int | None = 100_000,
-                 overload: str = "queue", lane_backlog_tokens: int | None = 8192,
+                 overload: str = "queue", lane_backlog_tokens: int | None = 1024,
                  default_deadline: float = math.inf) -> None:
         if order not in ORDERS:
             raise ValueError(f"order: must be one of {', '.join(ORDERS)}, got {order!r}")

@@ -42,6 +42,7 @@ from streamserve.policies.base import SpecPolicy, StepObservation
 
 ALL = "*"  # the class key used when the runtime does not split a batch by dataset
 ALPHA_CAP = 0.995  # keeps 1 - alpha away from 0 in the expected-tokens formula
+OBJECTIVES = ("latency", "throughput")
 
 
 def expected_tokens(alpha: float, k: int) -> float:
@@ -51,15 +52,20 @@ def expected_tokens(alpha: float, k: int) -> float:
 
 
 def best_depth(perf: LanePerf, batch: int, context: int, alphas: Mapping[str, float],
-               counts: Mapping[str, int], k_max: int) -> tuple[int, list[float]]:
-    """Brute force over k of expected tokens per second: (best k, goodput for each k).
+               counts: Mapping[str, int], k_max: int, objective: str = "throughput") -> tuple[int, list[float]]:
+    """Brute force over k: (best k, the objective for each k).
 
-    The reference the online controller is tested against; also handy in notebooks.
+    ``throughput``: expected tokens per second of the batch. ``latency``: the harmonic
+    mean of the sequences' token rates (the same k for a batch of one class). The
+    reference the online controller is tested against; also handy in notebooks.
     """
     rates = []
     for k in range(k_max + 1):
-        toks = sum(n * expected_tokens(alphas[c], k) for c, n in counts.items())
-        rates.append(toks / perf.spec_step_time(batch, context, k))
+        t = perf.spec_step_time(batch, context, k)
+        if objective == "latency":
+            rates.append(sum(counts.values()) / sum(n / expected_tokens(alphas[c], k) for c, n in counts.items()) / t)
+        else:
+            rates.append(sum(n * expected_tokens(alphas[c], k) for c, n in counts.items()) / t)
     best = max(range(k_max + 1), key=rates.__getitem__)
     return best, rates
 
@@ -79,7 +85,7 @@ class SpecuStream(SpecPolicy):
 
     def __init__(self, perf: Mapping[int, LanePerf], k_max: int, prior_alpha: float = 0.6,
                  prior_strength: float = 8.0, decay: float = 0.97, probe_every: int = 32,
-                 switch_margin: float = 0.01) -> None:
+                 switch_margin: float = 0.01, objective: str = "latency") -> None:
         if not perf:
             raise ValueError("perf: SpecuStream needs the lanes' performance models")
         if k_max < 0:
@@ -92,6 +98,8 @@ class SpecuStream(SpecPolicy):
             raise ValueError(f"decay: must be in (0, 1], got {decay}")
         if probe_every < 1:
             raise ValueError(f"probe_every: must be >= 1, got {probe_every}")
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective: must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
         if switch_margin < 0:
             raise ValueError(f"switch_margin: must be >= 0, got {switch_margin}")
         self.perf = dict(perf)
@@ -102,6 +110,7 @@ class SpecuStream(SpecPolicy):
         self.decay = decay
         self.probe_every = probe_every
         self.switch_margin = switch_margin
+        self.objective = objective
         self._lane_counts: dict[tuple[int, str], _Counts] = {}
         self._pool_counts: dict[str, _Counts] = {}
         self._alpha: dict[tuple[int, str], float] = {}  # cached estimates, refreshed in observe()
@@ -167,17 +176,22 @@ class SpecuStream(SpecPolicy):
             mix = [(self.alpha(lid, c), n) for c, n in classes.items() if n > 0] if classes else []
             if not mix:
                 mix = [(self.alpha(lid, ALL), batch_size)]
-        # Scan k with running powers: tokens(k) = sum_c n_c (1 - a_c^(k+1)) / (1 - a_c).
+        # Scan k with running powers: E_c(k) = (1 - a_c^(k+1)) / (1 - a_c).
         pw = [min(a, ALPHA_CAP) for a, _ in mix]
-        inv = [n / (1.0 - a) for a, n in zip(pw, (n for _, n in mix))]
+        ns = [n for _, n in mix]
+        inv = [1.0 / (1.0 - a) for a in pw]
         pows = list(pw)  # a_c^(k+1) for the current k
+        latency = self.objective == "latency"
         rates = []
         for k in range(self.k_max + 1):
-            toks = 0.0
+            acc = 0.0
             for i in range(len(mix)):
-                toks += inv[i] * (1.0 - pows[i])
+                e = inv[i] * (1.0 - pows[i])
+                acc += ns[i] / e if latency else ns[i] * e
                 pows[i] *= pw[i]
-            rates.append(toks / (t0 + k * dt))
+            # latency: sequences per (seconds per token summed over them), the harmonic mean
+            # of the per-sequence token rates; throughput: tokens per second of the batch.
+            rates.append((batch_size / acc if latency else acc) / (t0 + k * dt))
         best = max(range(self.k_max + 1), key=rates.__getitem__)
         prev = self._last_k.get(lid)
         if prev is not None and prev <= self.k_max and rates[prev] * (1.0 + self.switch_margin) >= rates[best]:
