@@ -103,7 +103,7 @@ def test_burst_in_one_callback_is_spread_over_lanes() -> None:
 
 @pytest.mark.parametrize("order,expected", [("fcfs", [1, 2, 3]), ("spf", [3, 1, 2]), ("edf", [2, 3, 1])])
 def test_orderings(order: str, expected: list[int]) -> None:
-    s, v = sched(order=order), View()
+    s, v = sched(order=order, lane_backlog_tokens=None), View()
     v.set(0, healthy=False)
     v.set(2, healthy=False)
     s.on_arrival(req(1, prompt=500, arrival=0.0, slo=SLO(ttft=5.0)), 0.0, v)
