@@ -8,7 +8,9 @@ Variants, all on the same workload and seed:
 * ``no-disaggregation``: the vllm-dp lanes (four colocated engines), same policies.
 
 The load is bursty (gamma inter-arrival times, coefficient of variation ``cv``) at
-``load`` times the capacity of the full StreamServe cluster. Capacity is measured, not
+``load`` times the capacity of the full StreamServe cluster. A scenario (``SCENARIOS``)
+fixes the dataset mix (and so the speculative acceptance rates) and the cluster's
+condition: the default ``paper`` mixes the paper's four datasets at random. Capacity is measured, not
 assumed: a closed-loop run with many more clients than the cluster can serve at once
 keeps every lane saturated, and its request throughput is the capacity (the bottleneck
 is whichever lanes are slowest for this request-size mix, so it is the fair scale).
@@ -24,8 +26,8 @@ from typing import Any, Callable
 import click
 import numpy as np
 
-from streamserve.config import ClusterConfig, builtin_cluster
-from streamserve.metrics import summarize
+from streamserve.config import ClusterConfig, FaultConfig, builtin_cluster
+from streamserve.metrics import RunResult, summarize
 from streamserve.request import SLO
 from streamserve.workload.base import Workload
 from streamserve.workload.synthetic import DEFAULT_OUTPUT, DEFAULT_PROMPT
@@ -65,10 +67,6 @@ VARIANTS = (
 )
 
 
-def _lengths(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    return DEFAULT_PROMPT.sample(n, rng), DEFAULT_OUTPUT.sample(n, rng)
-
-
 # The paper's four benchmarks differ most, for speculation, in how often a small draft
 # model guesses the target's next token. Per-token acceptance rates assumed here, in the
 # range reported for ~100M-parameter drafts of ~10B targets: open-ended chat (Alpaca)
@@ -77,14 +75,39 @@ PAPER_MIX = {"alpaca": 0.55, "gsm8k": 0.7, "humaneval": 0.85, "sum": 0.75}
 SINGLE = {"default": 0.7}
 
 
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    what: str
+    mix: dict[str, float]
+    sticky: float = 0.0
+    slow_lane: int | None = None  # a lane running at half speed for the whole run
+
+
+SCENARIOS = {sc.name: sc for sc in (
+    Scenario("paper", "the paper's four datasets, mixed at random", PAPER_MIX),
+    Scenario("paper-runs", "the four datasets arriving in runs from one application (mean run 50)",
+             PAPER_MIX, sticky=0.98),
+    Scenario("chat", "open-ended chat only (acceptance 0.55)", {"alpaca": PAPER_MIX["alpaca"]}),
+    Scenario("code", "code only (acceptance 0.85)", {"humaneval": PAPER_MIX["humaneval"]}),
+    Scenario("straggler", "the four datasets; decode lane 1 runs at half speed", PAPER_MIX, slow_lane=1),
+)}
+
+
+def _lengths(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    return DEFAULT_PROMPT.sample(n, rng), DEFAULT_OUTPUT.sample(n, rng)
+
+
 def bursty_workload(n: int, rate: float, cv: float, seed: int, mix: dict[str, float] | None = None,
-                    slo: SLO | None = None) -> Workload:
+                    slo: SLO | None = None, sticky: float = 0.0) -> Workload:
     """``n`` requests, Azure-conversation-like lengths, gamma inter-arrivals at ``rate``/s.
 
     A gamma distribution with shape ``1/cv**2`` and mean ``1/rate`` has coefficient of
     variation ``cv``: cv = 1 is Poisson, cv = 3 sends most requests in tight bursts with
     long gaps between them. Each request belongs to one of the classes of ``mix``
-    (dataset -> acceptance rate), drawn uniformly and independently.
+    (dataset -> acceptance rate), drawn uniformly; with ``sticky`` > 0 a request keeps
+    the class of the one before it with that probability (traffic arrives in runs from
+    one application at a time: mean run length ``1 / (1 - sticky)``).
     """
     mix = mix or PAPER_MIX
     if rate <= 0 or cv <= 0:
@@ -95,6 +118,11 @@ def bursty_workload(n: int, rate: float, cv: float, seed: int, mix: dict[str, fl
     arrival = np.cumsum(rng.gamma(shape, 1.0 / (rate * shape), size=n))
     names = tuple(mix)
     dataset = rng.integers(0, len(names), size=n).astype(np.int16)
+    if sticky > 0:
+        keep = rng.random(n) < sticky
+        for i in range(1, n):
+            if keep[i]:
+                dataset[i] = dataset[i - 1]
     return Workload(name=f"bursty-cv{cv:g}", prompt_len=prompt, output_len=output, arrival=arrival,
                     dataset=dataset, datasets=names, alpha=dict(mix), slo=slo)
 
@@ -119,16 +147,24 @@ COLUMNS = ("variant", "completed", "rejected", "failed", "p99_e2el_ms", "mean_e2
 
 
 def run_ablation(n: int = 2000, load: float = 0.7, cv: float = 3.0, seed: int = 0, slo: SLO = DEFAULT_SLO,
-                 base: ClusterConfig | None = None, variants: tuple[Variant, ...] = VARIANTS,
-                 capacity: float | None = None, mix: dict[str, float] | None = None) -> dict[str, Any]:
-    """Run every variant on one workload; returns the rows and how the load was set."""
+                 scenario: str = "paper", base: ClusterConfig | None = None,
+                 variants: tuple[Variant, ...] = VARIANTS, capacity: float | None = None) -> dict[str, Any]:
+    """Run every variant on one workload; returns the rows and how the load was set.
+
+    Capacity is measured on the healthy cluster, so a straggler scenario offers the same
+    load as the others and shows what the slow lane costs.
+    """
     from streamserve.sim import run
 
+    if scenario not in SCENARIOS:
+        raise ValueError(f"scenario: unknown {scenario!r} (choose from {', '.join(SCENARIOS)})")
+    sc = SCENARIOS[scenario]
     base = base or builtin_cluster("streamserve")
-    mix = mix or PAPER_MIX
-    cap = capacity if capacity is not None else measure_capacity(base, seed=seed, mix=mix)
+    cap = capacity if capacity is not None else measure_capacity(base, seed=seed, mix=sc.mix)
+    if sc.slow_lane is not None:
+        base = base.model_copy(update={"faults": [FaultConfig(lane=sc.slow_lane, at=0.0, kind="slow", factor=2.0)]})
     rate = load * cap
-    wl = bursty_workload(n, rate, cv, seed, mix=mix, slo=slo)
+    wl = bursty_workload(n, rate, cv, seed, mix=sc.mix, slo=slo, sticky=sc.sticky)
     rows = []
     for v in variants:
         result = run(v.make(base), wl, seed)
@@ -136,17 +172,29 @@ def run_ablation(n: int = 2000, load: float = 0.7, cv: float = 3.0, seed: int = 
         row = {c: s.get(c) for c in COLUMNS[1:]}
         row["variant"] = v.name
         row["what"] = v.what
-        row["mean_k"] = _mean_k(result)
+        row["mean_k"] = mean_k(result)
         rows.append(row)
-    return {"capacity_rps": cap, "rate_rps": rate, "load": load, "cv": cv, "n": n, "seed": seed, "mix": mix,
+    return {"scenario": sc.name, "scenario_what": sc.what, "capacity_rps": cap, "rate_rps": rate, "load": load,
+            "cv": cv, "n": n, "seed": seed, "mix": sc.mix, "sticky": sc.sticky, "slow_lane": sc.slow_lane,
             "slo": {"ttft_ms": slo.ttft * 1e3 if slo.ttft else None, "tpot_ms": slo.tpot * 1e3 if slo.tpot else None},
             "rows": rows}
 
 
-def _mean_k(result) -> float | None:
-    drafted = sum(u.drafted for u in result.lanes)
-    steps = sum(u.steps for u in result.lanes if u.role != "prefill")
-    return None if not steps else drafted / max(1, sum(u.mean_batch * u.steps for u in result.lanes if u.role != "prefill"))
+def mean_k(result: RunResult) -> float | None:
+    """Time-weighted speculation depth over the decoding lanes (None: nothing decoded)."""
+    decoding = {u.lane_id for u in result.lanes if u.role != "prefill" and u.steps}
+    if not decoding or result.duration <= 0:
+        return None
+    total = 0.0
+    last: dict[int, tuple[float, int]] = {}
+    for t, lane, k in result.k_trace:
+        if lane in last:
+            t0, k0 = last[lane]
+            total += k0 * (t - t0)
+        last[lane] = (t, k)
+    for t0, k0 in last.values():
+        total += k0 * (result.duration - t0)
+    return total / (result.duration * len(decoding))
 
 
 def write_report(report: dict[str, Any], out_dir: Path) -> list[Path]:
@@ -174,8 +222,9 @@ def write_report(report: dict[str, Any], out_dir: Path) -> list[Path]:
     axes[1].set_ylabel("goodput (requests/s within SLO)")
     for ax in axes:
         ax.tick_params(axis="x", rotation=20)
-    fig.suptitle(f"Ablation: bursty load (gamma, CV {report['cv']:g}) at {report['load']:.0%} of capacity "
-                 f"({report['rate_rps']:.2f} req/s), {report['n']} requests")
+    fig.suptitle(f"Ablation, scenario {report['scenario']}: bursty load (gamma, CV {report['cv']:g}) at "
+                 f"{report['load']:.0%} of capacity ({report['rate_rps']:.2f} req/s), {report['n']} requests",
+                 fontsize=10)
     fig.tight_layout()
     fig.savefig(paths[2], dpi=120)
     plt.close(fig)
@@ -205,12 +254,14 @@ def add_commands(group: click.Group) -> None:
                   help="Arrival rate as a fraction of the measured StreamServe capacity.")
     @click.option("--cv", default=3.0, show_default=True, type=click.FloatRange(min=0.01),
                   help="Coefficient of variation of inter-arrival times (1 = Poisson).")
+    @click.option("--scenario", default="paper", show_default=True, type=click.Choice(list(SCENARIOS)),
+                  help="Workload mix and cluster condition (see streamserve/experiments/ablate.py).")
     @click.option("--seed", default=0, show_default=True, type=int)
     @click.option("--slo", "slo_items", multiple=True, metavar="ttft:MS|tpot:MS",
                   help="Goodput SLO (default ttft:1000 tpot:50).")
     @click.option("--out", "out_dir", default="results/ablation", show_default=True,
                   type=click.Path(file_okay=False, path_type=Path))
-    def ablate(num_requests: int, load: float, cv: float, seed: int, slo_items: tuple[str, ...],
+    def ablate(num_requests: int, load: float, cv: float, scenario: str, seed: int, slo_items: tuple[str, ...],
                out_dir: Path) -> None:
         """Full StreamServe vs. without FlowGuard, SpecuStream, or disaggregation."""
         from streamserve.metrics import parse_slo
@@ -219,7 +270,8 @@ def add_commands(group: click.Group) -> None:
             slo = parse_slo(slo_items) if slo_items else DEFAULT_SLO
         except ValueError as e:
             raise click.UsageError(str(e)) from None
-        report = run_ablation(n=num_requests, load=load, cv=cv, seed=seed, slo=slo)
+        report = run_ablation(n=num_requests, load=load, cv=cv, seed=seed, slo=slo, scenario=scenario)
+        click.echo(f"scenario {scenario}: {report['scenario_what']}")
         click.echo(f"capacity {report['capacity_rps']:.2f} req/s (closed-loop saturation); "
                    f"offered {report['rate_rps']:.2f} req/s")
         click.echo(format_table(report))
