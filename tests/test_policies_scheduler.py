@@ -242,3 +242,13 @@ def test_registry_and_fcfs_baseline() -> None:
     with pytest.raises(PolicyError, match="not a parameter"):
         build_scheduler({"name": "fcfs", "order": "spf"}, router, PERFS)
     assert math.isinf(StreamScheduler(router).default_deadline)
+
+
+def test_pairs_mode_falls_back_to_any_decode_lane_when_the_partner_is_down() -> None:
+    s, v = sched(pairing="pairs"), View()
+    r = req(1)
+    (a,) = s.on_arrival(r, 0.0, v)
+    v.set(v.partner(a.lane_id), healthy=False)
+    r.prefill_lane, r.first_token = a.lane_id, 0.1
+    (d,) = s.on_prefill_done(r, 0.1, v)
+    assert d.phase is Phase.DECODE and d.lane_id != v.partner(a.lane_id) and v.stats[d.lane_id].healthy

@@ -32,7 +32,12 @@ equal predicted latency towards the one with less in flight, which guards agains
 predictor's blind spots (work a lane is doing right now, unknown output lengths). KV
 pressure (0.5) matters only near full, which its square makes so. Acceptance is already
 in the TPOT prediction, so its own weight is small (0.1). ``benchmarks/flowguard_weights.py``
-sweeps these weights on the ablation workload; see its recorded results.
+measured these weights against alternatives (results in
+``benchmarks/results/flowguard_weights.json``; 6000 requests x 3 seeds, the ablation's
+bursty workload): on a symmetric cluster every setting is within 2% of round-robin on
+p99 E2E and goodput (routing has little to fix there), but with one decode lane at half
+speed the defaults gave the lowest p99 E2E (26.5 s; round-robin 59.2 s, queue depth
+alone 33.3 s, latency alone 27.2 s) and the lowest TPOT.
 
 Lanes that are unhealthy, full (``has_room``) or, for a decode placement, without the KV
 room for the prompt are never chosen; when none is left, ``route`` returns ``None`` and
@@ -134,29 +139,42 @@ class FlowGuard(Router):
         return min(1.0, used + need / capacity)
 
     # ------------------------------------------------------------ scoring
-    def costs(self, request: Request, lanes: Sequence[LaneStats], phase: Phase) -> list[tuple[float, LaneStats, float]]:
-        """``(cost, lane, raw predicted latency)`` of each lane that may take ``request``."""
+    def costs(self, request: Request, lanes: Sequence[LaneStats],
+              phase: Phase) -> list[tuple[float, LaneStats, float, float | None]]:
+        """``(cost, lane, raw predicted latency, raw predicted TPOT on a colocated lane)``
+        of each lane that may take ``request``.
+
+        A colocated lane that takes a prompt also decodes it, so there the latency compared
+        is the predicted TTFT plus the predicted decode time (TPOT times the mean output
+        length seen so far): a lane that prefills quickly but decodes slowly is no bargain.
+        """
         ok = [lane for lane in lanes if self._fits(request, lane, phase)]
         if not ok:
             return []
+        rates = [lane.acceptance_rate for lane in ok if lane.acceptance_rate is not None]
+        acc = sum(rates) / len(rates) if rates else 0.0
+        tpot: list[float | None] = [None] * len(ok)
         if phase is Phase.DECODE:
-            rates = [lane.acceptance_rate for lane in ok if lane.acceptance_rate is not None]
-            acc = sum(rates) / len(rates) if rates else 0.0
             raw = [self.predict_tpot(request, lane, acc) for lane in ok]
+            lat = [r * self.correction(lane.lane_id, phase) for r, lane in zip(raw, ok)]
         else:
             raw = [self.predict_prefill(request, lane) for lane in ok]
-        lat = [r * self.correction(lane.lane_id, phase) for r, lane in zip(raw, ok)]
+            lat = [r * self.correction(lane.lane_id, phase) for r, lane in zip(raw, ok)]
+            for i, lane in enumerate(ok):
+                if lane.role is LaneRole.COLOCATED:
+                    tpot[i] = t = self.predict_tpot(request, lane, acc)
+                    lat[i] += t * self.correction(lane.lane_id, Phase.DECODE) * self._mean_output
         best = max(min(lat), 1e-9)
         max_tokens = max(lane.tokens_queued for lane in ok) or 1
         out = []
-        for lane, r, l in zip(ok, raw, lat):
+        for lane, r, l, t in zip(ok, raw, lat, tpot):
             queue = 0.5 * (lane.outstanding / lane.max_num_seqs + lane.tokens_queued / max_tokens)
             accept = 0.0
             if phase is Phase.DECODE and lane.acceptance_rate is not None:
                 accept = 1.0 - lane.acceptance_rate
             cost = (self.w_latency * (l / best - 1.0) + self.w_queue * queue + self.w_util * lane.utilisation
                     + self.w_kv * self._kv_after(request, lane, phase) ** 2 + self.w_accept * accept)
-            out.append((cost, lane, r))
+            out.append((cost, lane, r, t))
         return out
 
     def _remember(self, request: Request, phase: Phase, lane_id: int, raw: float) -> None:
@@ -169,8 +187,10 @@ class FlowGuard(Router):
         scored = self.costs(request, lanes, phase)
         if not scored:
             return None
-        cost, lane, raw = min(scored, key=lambda t: (t[0], t[1].outstanding, t[1].lane_id))
+        cost, lane, raw, tpot = min(scored, key=lambda t: (t[0], t[1].outstanding, t[1].lane_id))
         self._remember(request, phase, lane.lane_id, raw)
+        if tpot is not None:  # colocated: its decode will be reported against this lane too
+            self._remember(request, Phase.DECODE, lane.lane_id, tpot)
         return lane.lane_id
 
     def route_pair(self, request: Request, pairs: Sequence[tuple[LaneStats, LaneStats]], now: float) -> int | None:

@@ -24,9 +24,9 @@ What it adds over a plain FIFO, and why:
   ``overload: queue`` (default) serves everything, however late.
 * **Failures.** Requests on a failed lane lost their KV; they are requeued (at the front)
   to prefill again, up to ``max_attempts`` prefills, then failed with a reason.
-* **Stream pairs.** ``pairing: pairs`` sends decode to the prefill lane's partner; with a
-  router that scores pairs (FlowGuard's ``route_pair``) the prefill lane is chosen for the
-  pair as a whole.
+* **Stream pairs.** ``pairing: pairs`` sends decode to the prefill lane's partner (to any
+  decode lane while the partner is down); with a router that scores pairs (FlowGuard's
+  ``route_pair``) the prefill lane is chosen for the pair as a whole.
 * **Feedback.** The router is told the observed latency of each phase it placed
   (submission to first token; TPOT), which FlowGuard uses to correct its predictions.
 
@@ -189,8 +189,9 @@ class StreamScheduler(Scheduler):
         lanes = self._shadow.apply(view.lanes(Phase.DECODE))
         if self.pairing == "pairs":
             partner = view.partner(request.prefill_lane)
-            if partner is not None:
-                lanes = [lane for lane in lanes if lane.lane_id == partner]
+            paired = [lane for lane in lanes if lane.lane_id == partner and lane.healthy]
+            if paired:  # a failed partner does not strand its pair's requests: any lane will do
+                lanes = paired
         lane_id = self.router.route(request, lanes, Phase.DECODE, now)
         if lane_id is None:
             return None

@@ -79,17 +79,18 @@ def best_depth(perf: LanePerf, batch: int, context: int, alphas: Mapping[str, fl
 
 
 class _Counts:
-    """Forgotten success/failure counts of one acceptance estimate."""
+    """Forgotten success/failure counts of one acceptance estimate, and the estimate."""
 
-    __slots__ = ("s", "f")
+    __slots__ = ("s", "f", "alpha")
 
-    def __init__(self) -> None:
+    def __init__(self, alpha: float) -> None:
         self.s = 0.0
         self.f = 0.0
-
+        self.alpha = alpha
 
 class SpecuStream(SpecPolicy):
     name = "specustream"
+    REFRESH = 8  # steps a decision is reused while the batch keeps its size and class mix
 
     def __init__(self, perf: Mapping[int, LanePerf], k_max: int, prior_alpha: float = 0.6,
                  prior_strength: float = 8.0, decay: float = 0.97, probe_every: int = 32,
@@ -121,90 +122,129 @@ class SpecuStream(SpecPolicy):
         self.objective = objective
         self._lane_counts: dict[tuple[int, str], _Counts] = {}
         self._pool_counts: dict[str, _Counts] = {}
-        self._alpha: dict[tuple[int, str], float] = {}  # cached estimates, refreshed in observe()
         self._last_k: dict[int, int] = {}
         self._idle: dict[int, int] = {}  # consecutive k = 0 steps per lane
         self._single: dict[int, str] = {}  # lane -> the one class of its last batch, if it had one
+        self._cache: dict[int, tuple[tuple, int, int]] = {}  # lane -> (batch signature, age, k)
 
     # ------------------------------------------------------------ estimates
     def pooled_alpha(self, cls: str) -> float:
         c = self._pool_counts.get(cls)
-        if c is None:
-            return self.prior_alpha
-        m = self.prior_strength
-        return (c.s + m * self.prior_alpha) / (c.s + c.f + m)
+        return self.prior_alpha if c is None else c.alpha
 
     def alpha(self, lane_id: int, cls: str = ALL) -> float:
         """The current acceptance estimate for ``cls`` on ``lane_id``."""
-        a = self._alpha.get((lane_id, cls))
-        return self.pooled_alpha(cls) if a is None else a
-
-    def _update(self, c: _Counts, k: int, drafted: int, accepted: int, alpha_now: float) -> None:
-        seqs = drafted / k
-        c.s = c.s * self.decay + accepted
-        c.f = c.f * self.decay + seqs * (1.0 - min(alpha_now, ALPHA_CAP) ** k)
+        c = self._lane_counts.get((lane_id, cls))
+        if c is not None:
+            return c.alpha
+        c = self._pool_counts.get(cls)
+        return self.prior_alpha if c is None else c.alpha
 
     def observe(self, obs: StepObservation) -> None:
-        if obs.k <= 0 or obs.drafted <= 0:
+        k = obs.k
+        if k <= 0 or obs.drafted <= 0:
             return
         if obs.by_class:
             groups = obs.by_class
         else:  # a batch of one class is reported without a split: it is the class depth() saw
             groups = {self._single.get(obs.lane_id, ALL): (obs.drafted, obs.accepted)}
+        decay, m = self.decay, self.prior_strength
         for cls, (drafted, accepted) in groups.items():
             if drafted <= 0:
                 continue
-            key = (obs.lane_id, cls)
+            seqs = drafted / k
             pool = self._pool_counts.get(cls)
             if pool is None:
-                pool = self._pool_counts[cls] = _Counts()
-            self._update(pool, obs.k, drafted, accepted, self.pooled_alpha(cls))
+                pool = self._pool_counts[cls] = _Counts(self.prior_alpha)
+            # expected rejections: a sequence stops early with probability 1 - alpha^k
+            pool.s = pool.s * decay + accepted
+            pool.f = pool.f * decay + seqs * (1.0 - min(pool.alpha, ALPHA_CAP) ** k)
+            pool.alpha = (pool.s + m * self.prior_alpha) / (pool.s + pool.f + m)
+            key = (obs.lane_id, cls)
             lane = self._lane_counts.get(key)
             if lane is None:
-                lane = self._lane_counts[key] = _Counts()
-            self._update(lane, obs.k, drafted, accepted, self.alpha(obs.lane_id, cls))
-            m = self.prior_strength
-            self._alpha[key] = (lane.s + m * self.pooled_alpha(cls)) / (lane.s + lane.f + m)
+                lane = self._lane_counts[key] = _Counts(pool.alpha)
+            lane.s = lane.s * decay + accepted
+            lane.f = lane.f * decay + seqs * (1.0 - min(lane.alpha, ALPHA_CAP) ** k)
+            lane.alpha = (lane.s + m * pool.alpha) / (lane.s + lane.f + m)
 
     # ------------------------------------------------------------ decision
+    def _rate(self, terms: list[tuple[float, int]], batch: int, k: int, t0: float, dt: float) -> float:
+        """The objective at depth ``k`` (higher is better).
+
+        latency: the harmonic mean of the sequences' token rates (sequences over the sum of
+        their seconds per token); throughput: tokens per second of the batch."""
+        acc = 0.0
+        if self.objective == "latency":
+            for a, n in terms:
+                acc += n * (1.0 - a) / (1.0 - a ** (k + 1))
+            return batch / acc / (t0 + k * dt)
+        for a, n in terms:
+            acc += n * (1.0 - a ** (k + 1)) / (1.0 - a)
+        return acc / (t0 + k * dt)
+
     def depth(self, lane: LaneStats, batch_size: int, context_tokens: int, now: float,
               classes: dict[str, int] | None = None) -> int:
         if self.k_max == 0 or batch_size <= 0:
             return 0
         lid = lane.lane_id
+        # The decision moves only when the batch or the estimates move; estimates move
+        # slowly, so while the batch keeps its class counts it is refreshed every
+        # ``REFRESH`` steps only (context grows slowly too).
+        sig = (batch_size, tuple(classes.values()) if classes else ())
+        cached = self._cache.get(lid)
+        if cached is not None and cached[0] == sig and cached[1] < self.REFRESH:
+            self._cache[lid] = (sig, cached[1] + 1, cached[2])
+            return self._finish(lid, cached[2])
         perf = self.perf.get(lid, self._default_perf)
-        t0 = perf.spec_step_time(batch_size, context_tokens, 0)
-        dt = perf.spec_step_time(batch_size, context_tokens, 1) - t0  # T(k) = t0 + k * dt
+        t0 = perf.decode_time(batch_size, context_tokens, 0)
+        # T(k) = t0 + k * dt: one more verify token per sequence and one draft pass per depth
+        dt = perf.decode_time(batch_size, context_tokens, 1) - t0 + perf.draft_time(batch_size, context_tokens, 1)
+        counts, pools, prior = self._lane_counts, self._pool_counts, self.prior_alpha
         if classes and len(classes) == 1:
             cls = next(iter(classes))
             self._single[lid] = cls
-            mix = [(self.alpha(lid, cls), batch_size)]
+            classes = {cls: batch_size}
         else:
             self._single.pop(lid, None)
-            mix = [(self.alpha(lid, c), n) for c, n in classes.items() if n > 0] if classes else []
-            if not mix:
-                mix = [(self.alpha(lid, ALL), batch_size)]
-        # Scan k with running powers: E_c(k) = (1 - a_c^(k+1)) / (1 - a_c).
-        pw = [min(a, ALPHA_CAP) for a, _ in mix]
-        ns = [n for _, n in mix]
-        inv = [1.0 / (1.0 - a) for a in pw]
-        pows = list(pw)  # a_c^(k+1) for the current k
-        objective = self.objective
-        rates = []
-        for k in range(self.k_max + 1):
-            acc = 0.0
-            for i in range(len(mix)):
-                e = inv[i] * (1.0 - pows[i])
-                acc += ns[i] / e if objective == "latency" else ns[i] * e
-                pows[i] *= pw[i]
-            # latency: the harmonic mean of the sequences' token rates (sequences over the
-            # sum of their seconds per token); throughput: tokens per second of the batch.
-            rates.append((batch_size / acc if objective == "latency" else acc) / (t0 + k * dt))
-        best = max(range(self.k_max + 1), key=rates.__getitem__)
+        if not classes:
+            classes = {ALL: batch_size}
+        terms = []
+        for cls, n in classes.items():
+            if n > 0:
+                c = counts.get((lid, cls)) or pools.get(cls)
+                a = prior if c is None else c.alpha
+                terms.append((a if a < ALPHA_CAP else ALPHA_CAP, n))
+        if not terms:
+            return 0
+        rate = self._rate
         prev = self._last_k.get(lid)
-        if prev is not None and prev <= self.k_max and rates[prev] * (1.0 + self.switch_margin) >= rates[best]:
-            best = prev
+        if prev is None or prev > self.k_max:
+            prev = min(self.k_max, 4)
+        # Climb from the previous k: the objective is unimodal in k (tokens per step are
+        # concave in k, step time linear), so the local optimum is the global one, and it
+        # is usually within one step of the last, so this costs ~3 evaluations, not k_max+1.
+        f_prev = rate(terms, batch_size, prev, t0, dt)
+        best, f_best = prev, f_prev
+        while best < self.k_max:
+            f = rate(terms, batch_size, best + 1, t0, dt)
+            if f <= f_best:
+                break
+            best, f_best = best + 1, f
+        if best == prev:
+            while best > 0:
+                f = rate(terms, batch_size, best - 1, t0, dt)
+                if f <= f_best:
+                    break
+                best, f_best = best - 1, f
+        if f_best <= f_prev * (1.0 + self.switch_margin):
+            best = prev  # not worth a switch
         self._last_k[lid] = best
+        self._cache[lid] = (sig, 1, best)
+        return self._finish(lid, best)
+
+    def _finish(self, lid: int, best: int) -> int:
+        """Every ``probe_every`` consecutive steps at k = 0, run one at k = 1."""
         if best == 0:
             idle = self._idle.get(lid, 0) + 1
             if idle >= self.probe_every:
