@@ -36,6 +36,13 @@ class EngineConfig(_Strict):
     max_waiting: int = Field(4096, ge=1)  # the lane's bounded queue
     kv_capacity_tokens: int | None = Field(None, ge=1)  # override the profile-derived capacity
 
+    @model_validator(mode="after")
+    def _budget_covers_batch(self) -> "EngineConfig":
+        if self.max_num_batched_tokens < self.max_num_seqs:  # vLLM refuses this too
+            raise ValueError(f"max_num_batched_tokens ({self.max_num_batched_tokens}) must be >= "
+                             f"max_num_seqs ({self.max_num_seqs})")
+        return self
+
 
 class LaneConfig(_Strict):
     role: Literal["prefill", "decode", "colocated"]

@@ -51,6 +51,14 @@ class LogHistogram:
         self.total += float(np.sum(values))
         self.n += len(values)
 
+    def add_counts(self, values: np.ndarray, counts: np.ndarray) -> None:
+        """``counts[i]`` occurrences of ``values[i]``."""
+        if len(values) == 0:
+            return
+        self.counts += np.bincount(self._bin(values), weights=counts, minlength=self.nbins).astype(np.int64)
+        self.total += float(np.dot(values, counts))
+        self.n += int(counts.sum())
+
     def merge(self, other: "LogHistogram") -> None:
         self.counts += other.counts
         self.total += other.total
@@ -63,8 +71,9 @@ class LogHistogram:
     def percentile(self, q: float) -> float:
         if not self.n:
             return 0.0
-        rank = q / 100.0 * (self.n - 1)
-        b = int(np.searchsorted(np.cumsum(self.counts), rank, side="right"))
+        # the j-th smallest sample, j = floor(q% of n-1) (numpy's method="lower")
+        j = int(q / 100.0 * (self.n - 1))
+        b = int(np.searchsorted(np.cumsum(self.counts), j + 1, side="left"))
         if b == 0:
             return 0.0
         return self.LO * self.RATIO ** (b - 0.5)

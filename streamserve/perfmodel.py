@@ -97,8 +97,15 @@ class LanePerf:
     def step_time(self, prefill_tokens: int, prefill_sq: float, batch: int, context: int, k: int = 0) -> float:
         """One engine iteration mixing prefill chunks and decode sequences (chunked
         prefill): the fixed overhead is paid once, the variable parts add up."""
-        if prefill_tokens <= 0:
-            return self.spec_step_time(batch, context, k)
+        if prefill_tokens <= 0:  # the common decode-only step, inlined: it runs every simulated step
+            if batch <= 0:
+                return 0.0
+            d = self.decode_large if batch >= self.large_batch_from else self.decode_small
+            ms = d.a + d.b * context + d.c * batch * (k + 1)
+            if k > 0:
+                f = self.draft
+                ms += k * (f.a + f.b * context + f.c * batch)
+            return ms * 1e-3
         if batch <= 0:
             return self.prefill_time(prefill_tokens, prefill_sq)
         d = self.decode_large if batch >= self.large_batch_from else self.decode_small

@@ -14,6 +14,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 import simpy
+from simpy.core import StopSimulation
 
 from streamserve.config import ClusterConfig
 from streamserve.lanes import LaneRole, LaneStats
@@ -75,7 +76,8 @@ class Cluster:
         self.scheduler: Scheduler = build_scheduler(cfg.scheduler.model_dump(), router, perfs)
         self.disaggregated = cfg.lanes[0].role != "colocated"
         self.itl = LogHistogram()
-        self.itl_buffer: list[float] = []
+        self.itl_buffer: list[float] = []  # gaps recorded one by one
+        self.itl_bulk: list[tuple[float, int]] = []  # (gap, count): a decode step's lockstep sequences
         self.k_trace: list[tuple[float, int, int]] = []
         self._alpha = {name: workload.alpha_of(name) for name in workload.datasets}
 
@@ -152,10 +154,9 @@ class Cluster:
                     raise SimulationError(
                         f"scheduler placed request {req.id} for {action.phase.value} on lane "
                         f"{lane.lane_id} ({lane.role.value}, healthy={lane.healthy})")
-                if not lane.fits(req):
-                    self._settle(req, State.FAILED,
-                                 f"needs {req.prompt_len + req.output_len} KV tokens; lane {lane.lane_id} "
-                                 f"holds {lane.total_blocks * lane.block_size}")
+                why = lane.misfit(req)
+                if why:
+                    self._settle(req, State.FAILED, why)
                     continue
                 if action.phase is Phase.PREFILL:
                     req.state = State.PREFILL
@@ -232,10 +233,17 @@ class Cluster:
                 self._execute(scheduler.on_finish(req, now, self.view))
         if lane.role is LaneRole.DECODE:
             lane.admit_incoming()
-        if len(self.itl_buffer) > ITL_FLUSH:
-            self.itl.add_many(np.asarray(self.itl_buffer))
-            self.itl_buffer.clear()
+        if len(self.itl_bulk) > ITL_FLUSH:
+            self._flush_itl()
         self._capacity_freed()
+
+    def _flush_itl(self) -> None:
+        self.itl.add_many(np.asarray(self.itl_buffer, dtype=np.float64))
+        self.itl_buffer.clear()
+        if self.itl_bulk:
+            gaps, counts = zip(*self.itl_bulk)
+            self.itl.add_counts(np.asarray(gaps), np.asarray(counts, dtype=np.int64))
+            self.itl_bulk.clear()
 
     def _capacity_freed(self) -> None:
         if self.scheduler.pending:
@@ -295,14 +303,16 @@ class Cluster:
 
     # ------------------------------------------------------------ run
     def run(self) -> RunResult:
-        self.env.run(until=self._all_done if len(self.workload) else None)
+        # Stop when every request has settled, or when nothing is left to happen (a stall:
+        # whatever is still unsettled then fails below, with the reason).
+        self._all_done.callbacks.append(StopSimulation.callback)
+        self.env.run()
         now = self.env.now
         self._execute(self.scheduler.drain(now))
         for req in self.requests:
             if req is not None and not req.state.terminal:
                 self._settle(req, State.FAILED, f"stuck in {req.state.value} when the simulation ran out of events")
-        self.itl.add_many(np.asarray(self.itl_buffer))
-        self.itl_buffer.clear()
+        self._flush_itl()
         usage = [LaneUsage(lane.lane_id, lane.role.value, lane.busy_time, lane.steps,
                            lane.batch_sum / lane.steps if lane.steps else 0.0,
                            lane.peak_blocks / lane.total_blocks, lane.drafted, lane.accepted)

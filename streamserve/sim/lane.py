@@ -1,12 +1,16 @@
 """One simulated engine: vLLM v1-style iteration-level scheduling on a SimPy clock.
 
-Each loop iteration is one engine step, and costs one SimPy event: the batch is formed
-(running sequences first, then waiting prompts, within ``max_num_seqs`` and
-``max_num_batched_tokens``, chunking prompts when chunked prefill is on), KV blocks are
-allocated (preempting the newest sequence for recompute when memory runs out), the step
-time comes from the performance model, and after the timeout each sequence advances.
-Per-sequence work is plain Python over ``__slots__`` objects: at the batch sizes a
-latency-oriented cluster runs, that beats numpy's per-call overhead.
+Each loop iteration is one engine step and costs one SimPy event: decoding sequences
+first (each fed ``k + 1`` tokens), then prompt chunks of running and waiting requests,
+within ``max_num_seqs`` and ``max_num_batched_tokens``; KV blocks are allocated as
+sequences grow, preempting the newest sequence for recompute when memory runs out; the
+step time comes from the performance model.
+
+The loop is the simulator's hot path, so it is written for speed: per-sequence work is
+plain Python over ``__slots__`` objects (cheaper than numpy at the batch sizes a
+latency-oriented cluster runs), lane totals are kept incrementally, and decoding
+sequences advance in lockstep, so their inter-token gaps are recorded as one
+``(step time, count)`` pair per step instead of one value per sequence.
 """
 from __future__ import annotations
 
@@ -29,21 +33,34 @@ if TYPE_CHECKING:
 UTIL_WINDOW = 1.0  # seconds: time constant of the utilisation signal
 STEP_EWMA = 0.2
 ACCEPT_EWMA = 0.1
+IN_STEP = -1.0  # ``Seq.last`` of a sequence whose last token came at the end of the previous step
+
+
+def _log_alpha(alpha: float) -> float:
+    """ln(alpha), clamped so that ``int(log(u) / ln_alpha)`` samples the accepted run
+    length for any alpha in [0, 1] without branches (0 -> none accepted, 1 -> all)."""
+    if alpha <= 0.0:
+        return -math.inf
+    if alpha >= 1.0:
+        return -1e-300
+    return math.log(alpha)
 
 
 class Seq:
-    """A request's life on one lane (reset when it moves or is preempted)."""
+    """A request's life on one lane (rebuilt when it moves or is preempted)."""
 
-    __slots__ = ("req", "target", "computed", "blocks", "ctx", "last", "log_alpha", "decoding")
+    __slots__ = ("req", "target", "computed", "blocks", "cap", "ctx", "left", "last", "log_alpha", "decoding")
 
-    def __init__(self, req: Request, alpha: float) -> None:
+    def __init__(self, req: Request, log_alpha: float) -> None:
         self.req = req
-        self.target = req.prompt_len + req.generated  # tokens to (re)compute: prompt and all output so far
+        self.target = req.prompt_len + req.generated  # tokens to (re)compute: prompt and output so far
         self.computed = 0
         self.blocks = 0
-        self.ctx = 0
-        self.last = math.nan
-        self.log_alpha = math.log(alpha) if 0.0 < alpha < 1.0 else (0.0 if alpha >= 1.0 else -math.inf)
+        self.cap = 0  # blocks * block_size
+        self.ctx = 0  # tokens in KV
+        self.left = req.output_len - req.generated
+        self.last = math.nan  # time of the request's latest token, when not IN_STEP
+        self.log_alpha = log_alpha
         self.decoding = False
 
 
@@ -72,12 +89,12 @@ class SimLane:
         self.epoch = 0  # bumped when the lane fails, to void a step in flight
 
         self.waiting: deque[Seq] = deque()  # need prefill compute
-        self.running: list[Seq] = []  # in the batch
+        self.running: list[Seq] = []  # in the batch, oldest first (preemption takes the newest)
+        self.dec: list[Seq] = []  # the decoding subset of ``running``
         self.ready: deque[Seq] = deque()  # decode lanes: KV arrived, waiting for a batch slot
         self.incoming: deque[Request] = deque()  # decode lanes: waiting for KV blocks to start a transfer
         self.held: dict[int, Seq] = {}  # prefill lanes: prefill done, KV kept until moved
         self.queued_tokens = 0
-        self.n_dec = 0
         self.ctx_dec = 0
         self.class_counts: dict[str, int] = {}
 
@@ -110,9 +127,16 @@ class SimLane:
     def blocks_for(self, tokens: int) -> int:
         return -(-tokens // self.block_size)
 
-    def fits(self, req: Request) -> bool:
-        """Whether the request could ever run here (its whole context in KV)."""
-        return self.blocks_for(req.prompt_len + req.output_len) <= self.total_blocks
+    def misfit(self, req: Request) -> str:
+        """Why the request could never run here ('' if it can): its whole context must fit
+        in KV, and without chunked prefill in one step's token budget (vLLM's own rule)."""
+        need = req.prompt_len + req.output_len
+        if self.blocks_for(need) > self.total_blocks:
+            return f"needs {need} KV tokens; lane {self.lane_id} holds {self.total_blocks * self.block_size}"
+        if not self.chunked and need > self.max_tokens:
+            return (f"needs {need} tokens in one step without chunked prefill; lane {self.lane_id} "
+                    f"has max_num_batched_tokens={self.max_tokens}")
+        return ""
 
     # ------------------------------------------------------------ entry points
     def wake(self) -> None:
@@ -120,7 +144,7 @@ class SimLane:
             self._wake.succeed()
 
     def add_prefill(self, req: Request) -> None:
-        seq = Seq(req, self.cluster.alpha_of(req))
+        seq = Seq(req, _log_alpha(self.cluster.alpha_of(req)))
         self.waiting.append(seq)
         self.queued_tokens += seq.target
         self.wake()
@@ -146,11 +170,12 @@ class SimLane:
 
     def receive(self, req: Request, blocks: int, now: float) -> None:
         """KV for ``req`` has arrived: it joins the batch as a decoding sequence."""
-        seq = Seq(req, self.cluster.alpha_of(req))
+        seq = Seq(req, _log_alpha(self.cluster.alpha_of(req)))
         seq.blocks = blocks
+        seq.cap = blocks * self.block_size
         seq.ctx = req.prompt_len
         seq.computed = seq.target
-        seq.last = req.first_token  # the next gap spans the transfer
+        seq.last = req.first_token  # its first gap spans the transfer
         self.queued_tokens -= req.prompt_len
         self.ready.append(seq)
         self.wake()
@@ -163,38 +188,49 @@ class SimLane:
     def free_seq(self, seq: Seq) -> None:
         self.used_blocks -= seq.blocks
         seq.blocks = 0
+        seq.cap = 0
+
+    def _grow(self, seq: Seq, tokens: int) -> bool:
+        """Give ``seq`` KV room for ``tokens`` in all; False if memory is short."""
+        need = -(-tokens // self.block_size) - seq.blocks
+        if need > self.total_blocks - self.used_blocks:
+            return False
+        seq.blocks += need
+        seq.cap = seq.blocks * self.block_size
+        self.used_blocks += need
+        return True
 
     def _start_decoding(self, seq: Seq) -> None:
         seq.decoding = True
-        self.n_dec += 1
+        self.dec.append(seq)
         self.ctx_dec += seq.ctx
         ds = seq.req.dataset
         self.class_counts[ds] = self.class_counts.get(ds, 0) + 1
 
     def _stop_decoding(self, seq: Seq) -> None:
-        if seq.decoding:
-            seq.decoding = False
-            self.n_dec -= 1
-            self.ctx_dec -= seq.ctx
-            ds = seq.req.dataset
-            left = self.class_counts[ds] - 1
-            if left:
-                self.class_counts[ds] = left
-            else:
-                del self.class_counts[ds]
+        seq.decoding = False
+        self.dec.remove(seq)
+        self.ctx_dec -= seq.ctx
+        ds = seq.req.dataset
+        left = self.class_counts[ds] - 1
+        if left:
+            self.class_counts[ds] = left
+        else:
+            del self.class_counts[ds]
+        seq.req.generated = seq.req.output_len - seq.left
 
-    def _preempt(self, seq: Seq) -> None:
+    def _preempt(self, seq: Seq, now: float) -> None:
         """Recompute preemption, as vLLM does: drop the KV, prefill again later."""
         self.running.remove(seq)
-        if not seq.decoding:
+        if seq.decoding:
+            self._stop_decoding(seq)
+        else:
             self.queued_tokens -= seq.target - seq.computed
-        self._stop_decoding(seq)
         self.free_seq(seq)
         req = seq.req
         req.preemptions += 1
-        fresh = Seq(req, 0.5)
-        fresh.log_alpha = seq.log_alpha
-        fresh.last = seq.last
+        fresh = Seq(req, seq.log_alpha)
+        fresh.last = now if seq.last == IN_STEP else seq.last
         self.waiting.appendleft(fresh)
         self.queued_tokens += fresh.target
 
@@ -202,91 +238,81 @@ class SimLane:
         """Empty the lane (it failed): every request on it, KV lost."""
         reqs = [s.req for s in self.running] + [s.req for s in self.waiting]
         reqs += [s.req for s in self.ready] + [s.req for s in self.held.values()] + list(self.incoming)
-        self.running.clear()
-        self.waiting.clear()
-        self.ready.clear()
+        for lst in (self.running, self.dec, self.waiting, self.ready, self.incoming):
+            lst.clear()
         self.held.clear()
-        self.incoming.clear()
         self.used_blocks = 0
         self.queued_tokens = 0
-        self.n_dec = 0
         self.ctx_dec = 0
         self.class_counts.clear()
         self.epoch += 1
         return reqs
 
     # ------------------------------------------------------------ the engine loop
-    def _loop(self):  # noqa: C901 - the step is one piece of logic; splitting it costs calls per step
+    def _loop(self):  # noqa: C901 - one step is one piece of logic; splitting it costs calls per step
         env = self.env
-        rng_random = self.rng.random
+        rnd = self.rng.random
+        log = math.log
+        cluster = self.cluster
+        running, dec = self.running, self.dec
+        no_joiners: list[Seq] = []
+        now = env.now  # the lane's clock: ahead of env.now while it runs steps nobody can observe
         while True:
-            if not self.healthy or not (self.running or self.waiting or self.ready):
+            if not self.healthy or not (running or self.waiting or self.ready):
                 self._wake = env.event()
                 yield self._wake
                 self._wake = None
+                now = env.now
                 continue
-            now = env.now
-            running = self.running
             # Sequences whose KV arrived join the batch first.
-            while self.ready and len(running) < self.max_num_seqs:
-                seq = self.ready.popleft()
-                running.append(seq)
-                self._start_decoding(seq)
+            joiners = no_joiners
+            if self.ready:
+                joiners = []
+                while self.ready and len(running) < self.max_num_seqs:
+                    seq = self.ready.popleft()
+                    running.append(seq)
+                    self._start_decoding(seq)
+                    joiners.append(seq)
 
-            k = 0
-            if self.spec is not None and self.n_dec:
-                k = self.spec.depth(self.stats(), self.n_dec, self.ctx_dec, now, self.class_counts)
             budget = self.max_tokens
-            bs = self.block_size
-            decode: list[Seq] = []
+            k = 0
+            if dec:
+                if self.spec is not None:
+                    k = self.spec.depth(self.stats(), len(dec), self.ctx_dec, now, self.class_counts)
+                    if len(dec) * (k + 1) > budget:  # the engine cannot verify more than its budget
+                        k = budget // len(dec) - 1
+                k1 = k + 1
+                for seq in [s for s in dec if s.ctx + k1 > s.cap]:
+                    if not seq.decoding:
+                        continue  # preempted below while making room for another
+                    while not self._grow(seq, seq.ctx + k1):
+                        victim = running[-1]
+                        self._preempt(victim, now)
+                        if victim is seq:
+                            break
+                budget -= len(dec) * k1
+
             chunks: list[tuple[Seq, int]] = []
             prefill_tokens = 0
             prefill_sq = 0.0
-            ctx = 0
-            i = 0
-            while i < len(running):
-                seq = running[i]
-                if seq.decoding:
-                    if budget < k + 1:
-                        i += 1
+            if len(running) > len(dec):  # prompts part-way through a chunked prefill
+                for seq in running:
+                    if seq.decoding or budget <= 0:
                         continue
-                    need = -(-(seq.ctx + k + 1) // bs) - seq.blocks
-                    if need > 0:
-                        while need > self.total_blocks - self.used_blocks and running[-1] is not seq:
-                            self._preempt(running[-1])
-                        if need > self.total_blocks - self.used_blocks:
-                            self._preempt(seq)
-                            continue
-                        seq.blocks += need
-                        self.used_blocks += need
-                    budget -= k + 1
-                    ctx += seq.ctx
-                    decode.append(seq)
-                else:
                     left = seq.target - seq.computed
                     chunk = left if left <= budget else (budget if self.chunked else 0)
-                    if chunk > 0:
-                        need = -(-(seq.computed + chunk) // bs) - seq.blocks
-                        if need <= self.total_blocks - self.used_blocks:
-                            seq.blocks += need
-                            self.used_blocks += need
-                            budget -= chunk
-                            prefill_tokens += chunk
-                            prefill_sq += chunk * (2 * seq.computed + chunk)
-                            chunks.append((seq, chunk))
-                i += 1
-            while self.waiting and budget > 0 and len(running) < self.max_num_seqs:
-                seq = self.waiting[0]
-                left = seq.target
-                chunk = left if left <= budget else (budget if self.chunked else 0)
-                if chunk <= 0:
+                    if chunk > 0 and self._grow(seq, seq.computed + chunk):
+                        budget -= chunk
+                        prefill_tokens += chunk
+                        prefill_sq += chunk * (2 * seq.computed + chunk)
+                        chunks.append((seq, chunk))
+            waiting = self.waiting
+            while waiting and budget > 0 and len(running) < self.max_num_seqs:
+                seq = waiting[0]
+                chunk = seq.target if seq.target <= budget else (budget if self.chunked else 0)
+                if chunk <= 0 or not self._grow(seq, chunk):
                     break
-                need = -(-chunk // bs)
-                if need > self.total_blocks - self.used_blocks:
-                    break
-                self.waiting.popleft()
-                seq.blocks = need
-                self.used_blocks += need
+                waiting.popleft()
                 budget -= chunk
                 prefill_tokens += chunk
                 prefill_sq += chunk * chunk
@@ -295,25 +321,34 @@ class SimLane:
                 req = seq.req
                 if req.prefill_start != req.prefill_start:  # NaN: first time on a lane
                     req.prefill_start = now
-            if not decode and not chunks:
+            n = len(dec)
+            if not n and not chunks:
                 self._wake = env.event()  # blocked on memory: wait for a transfer or a failure
                 yield self._wake
                 self._wake = None
+                now = env.now
                 continue
             self._note_blocks()
 
-            n = len(decode)
+            ctx = self.ctx_dec
             dt = self.perf.step_time(prefill_tokens, prefill_sq, n, ctx, k) * self.slow
             idle = now - self.last_end
             if idle > 0:
                 self.util *= math.exp(-idle / UTIL_WINDOW)
             decay = math.exp(-dt / UTIL_WINDOW)
             self.util = self.util * decay + (1.0 - decay)
-            epoch = self.epoch
-            yield env.timeout(dt)
-            if epoch != self.epoch:
-                continue  # failed mid-step: the cluster already took every request
-            end = env.now
+            end = now + dt
+            # Run ahead: if no other event is due before this step ends, nothing can see
+            # the lane mid-step, so its results are applied at once and SimPy is only
+            # asked to advance time when something visible happens (a token count that
+            # finishes a request, a first token). The results are the same either way.
+            deferred = end >= env.peek()
+            if deferred:
+                epoch = self.epoch
+                yield env.timeout(end - env.now)
+                if epoch != self.epoch:
+                    now = env.now
+                    continue  # failed mid-step: the cluster already took every request
             self.last_end = end
             self.busy_time += dt
             self.steps += 1
@@ -321,85 +356,96 @@ class SimLane:
             self.step_ewma = dt if self.steps == 1 else self.step_ewma + STEP_EWMA * (dt - self.step_ewma)
 
             finished: list[Seq] = []
-            gaps = self.cluster.itl_buffer
-            drafted = accepted = added = 0
-            by_class: dict[str, list[int]] | None = {} if (k and len(self.class_counts) > 1) else None
-            for seq in decode:
-                req = seq.req
+            gaps = cluster.itl_buffer
+            accepted = added = 0
+            by_class: dict[str, list[int]] | None = None
+            if n:
                 if k:
-                    la = seq.log_alpha
-                    if la == 0.0:
-                        g = k
-                    elif la == -math.inf:
-                        g = 0
-                    else:
-                        g = int(math.log(1.0 - rng_random()) / la)
+                    multi = len(self.class_counts) > 1
+                    if multi:
+                        by_class = {}
+                    for seq in dec:
+                        g = int(log(1.0 - rnd()) / seq.log_alpha)
                         if g > k:
                             g = k
-                    drafted += k
-                    accepted += g
-                    if by_class is not None:
-                        c = by_class.setdefault(req.dataset, [0, 0])
-                        c[0] += k
-                        c[1] += g
-                    tokens = g + 1
+                        accepted += g
+                        if multi:
+                            c = by_class.setdefault(seq.req.dataset, [0, 0])
+                            c[0] += k
+                            c[1] += g
+                        left = seq.left
+                        tokens = g + 1 if g < left else left
+                        seq.left = left - tokens
+                        seq.ctx += tokens
+                        added += tokens
+                        if tokens == left:
+                            finished.append(seq)
                 else:
-                    tokens = 1
-                rem = req.output_len - req.generated
-                if tokens > rem:
-                    tokens = rem
-                req.generated += tokens
-                seq.ctx += tokens
-                added += tokens
-                gaps.append(end - seq.last)
-                seq.last = end
-                if req.generated >= req.output_len:
-                    finished.append(seq)
-            self.ctx_dec += added
+                    for seq in dec:
+                        seq.ctx += 1
+                        seq.left -= 1
+                        if not seq.left:
+                            finished.append(seq)
+                    added = n
+                self.ctx_dec += added
+                lockstep = n
+                for seq in joiners:
+                    if seq.decoding:
+                        gaps.append(end - seq.last)
+                        seq.last = IN_STEP
+                        lockstep -= 1
+                cluster.itl_bulk.append((dt, lockstep))
 
             done_prefill: list[Seq] = []
             for seq, chunk in chunks:
                 seq.computed += chunk
                 self.queued_tokens -= chunk
-                if seq.computed >= seq.target:
-                    req = seq.req
-                    req.generated += 1
-                    seq.ctx = seq.target
-                    if req.first_token != req.first_token:  # NaN: this is the first token
-                        req.first_token = end
-                        done_prefill.append(seq)
+                if seq.computed < seq.target:
+                    continue
+                req = seq.req
+                req.generated += 1
+                seq.left -= 1
+                seq.ctx = seq.target
+                if req.first_token != req.first_token:  # NaN: this is the first token
+                    req.first_token = end
+                    done_prefill.append(seq)
+                else:
+                    gaps.append(end - seq.last)
+                seq.last = IN_STEP
+                if self.role is LaneRole.PREFILL:
+                    running.remove(seq)
+                    if seq.left <= 0:
+                        finished.append(seq)
                     else:
-                        gaps.append(end - seq.last)
-                    seq.last = end
-                    if self.role is LaneRole.PREFILL:
-                        running.remove(seq)
-                        if req.generated >= req.output_len:
-                            finished.append(seq)
-                        else:
-                            self.held[req.id] = seq
-                    else:
-                        self._start_decoding(seq)
-                        if req.generated >= req.output_len:
-                            finished.append(seq)
+                        self.held[req.id] = seq
+                elif seq.left <= 0:
+                    finished.append(seq)
+                else:
+                    self._start_decoding(seq)
 
             if k:
+                drafted = k * n
                 self.drafted += drafted
                 self.accepted += accepted
                 rate = accepted / drafted
                 self.accept_ewma = rate if self.accept_ewma is None else self.accept_ewma + ACCEPT_EWMA * (rate - self.accept_ewma)
             if self.spec is not None and n:
                 self.spec.observe(StepObservation(
-                    self.lane_id, k, n, ctx, drafted, accepted, dt, end,
+                    self.lane_id, k, n, ctx, k * n, accepted, dt, end,
                     None if by_class is None else {c: (v[0], v[1]) for c, v in by_class.items()}))
                 if k != self.k:
-                    self.cluster.k_trace.append((end, self.lane_id, k))
+                    cluster.k_trace.append((end, self.lane_id, k))
             self.k = k
 
             for seq in finished:
                 if seq.decoding:
                     self._stop_decoding(seq)
-                if seq in running:
+                if self.role is not LaneRole.PREFILL:
                     running.remove(seq)
+                seq.req.generated = seq.req.output_len
                 self.free_seq(seq)
             if done_prefill or finished:
-                self.cluster.after_step(self, done_prefill, finished, end)
+                if not deferred:
+                    yield env.timeout(end - env.now)
+                cluster.after_step(self, done_prefill, finished, end)
+            now = end

@@ -64,3 +64,22 @@ def synthetic(n: int, rate: float | None, seed: int, prompt: LengthDist = DEFAUL
     return Workload(name=name, prompt_len=p, output_len=o, arrival=arrival,
                     dataset=np.zeros(n, dtype=np.int16), datasets=("default",),
                     alpha={"default": alpha}, concurrency=concurrency)
+
+
+def vllm_random(n: int, input_len: int, output_len: int, range_ratio: float, prefix_len: int,
+                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Lengths as ``vllm bench serve --dataset-name random`` draws them.
+
+    Input and output lengths are uniform integers in [L * (1 - r), L * (1 + r)] for
+    ``range_ratio`` r in [0, 1) (vLLM's current semantics), and every prompt starts with
+    the same ``prefix_len`` tokens, which are added to the input length.
+    """
+    if not 0 <= range_ratio < 1:
+        raise ValueError(f"range_ratio: must be in [0, 1), got {range_ratio}")
+
+    def draw(length: int) -> np.ndarray:
+        lo = max(1, int(np.floor(length * (1 - range_ratio))))
+        hi = max(lo, int(np.ceil(length * (1 + range_ratio))))
+        return rng.integers(lo, hi + 1, size=n, dtype=np.int64)
+
+    return draw(input_len) + prefix_len, draw(output_len)

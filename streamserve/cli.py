@@ -1,0 +1,134 @@
+"""Command line: parse, load the config, call one runner, report.
+
+Every user mistake ends in one line, ``Error: <where>: <what>``, and exit status 2;
+tracebacks are for bugs.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+from rich.table import Table
+
+from streamserve.config import ARCHITECTURES, ClusterConfig, ConfigError, builtin_cluster, load_cluster
+from streamserve.metrics import parse_slo, summarize, write_outputs
+from streamserve.perfmodel import ProfileError
+from streamserve.policies.registry import PolicyError
+from streamserve.request import SLO
+from streamserve.workload.cli_options import workload_options
+from streamserve.workload.resolve import WorkloadError, resolve_workload
+
+USER_ERRORS = (ConfigError, ProfileError, PolicyError, WorkloadError, OSError)
+PROGRESS_FROM = 20_000  # requests: below this a run is over before a bar helps
+
+
+def cluster_from(arch: str, config: str | None) -> ClusterConfig:
+    return load_cluster(config) if config else builtin_cluster(arch)
+
+
+def slo_from(items: tuple[str, ...], cluster: ClusterConfig) -> SLO:
+    if items:
+        try:
+            return parse_slo(items)
+        except ValueError as e:
+            raise click.UsageError(str(e)) from None
+    s = cluster.slo
+    return SLO(None if s.ttft_ms is None else s.ttft_ms / 1e3, None if s.tpot_ms is None else s.tpot_ms / 1e3)
+
+
+def summary_table(summary: dict, title: str) -> Table:
+    table = Table(title=title, show_header=True, header_style="bold")
+    table.add_column("metric")
+    for col in ("mean", "median", "p99"):
+        table.add_column(col, justify="right")
+    for name, label in (("ttft", "TTFT (ms)"), ("tpot", "TPOT (ms)"), ("itl", "ITL (ms)"), ("e2el", "E2E (ms)")):
+        table.add_row(label, *(f"{summary[f'{s}_{name}_ms']:.1f}" for s in ("mean", "median", "p99")))
+    table.add_section()
+    rows = [
+        ("completed / failed / rejected", f"{summary['completed']} / {summary['failed']} / {summary['rejected']}"),
+        ("request throughput (req/s)", f"{summary['request_throughput']:.2f}"),
+        ("output throughput (tok/s)", f"{summary['output_throughput']:.1f}"),
+        ("mean queueing / KV transfer (ms)", f"{summary['mean_queue_ms']:.1f} / {summary['mean_transfer_ms']:.1f}"),
+    ]
+    if "request_goodput" in summary:
+        rows.append(("goodput (req/s) / SLO attainment", f"{summary['request_goodput']:.2f} / {summary['slo_attainment']:.1%}"))
+    if "spec_acceptance_rate" in summary:
+        rows.append(("speculative acceptance rate", f"{summary['spec_acceptance_rate']:.3f}"))
+    rows.append(("lane utilisation", "  ".join(f"{ln['lane']}:{ln['role'][0]} {ln['utilisation']:.0%}" for ln in summary["lanes"])))
+    for label, value in rows:
+        table.add_row(label, value, "", "")
+    return table
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="streamserve")
+def main_group() -> None:
+    """streamserve: disaggregated, speculation-aware LLM serving, simulated or live."""
+
+
+@main_group.command()
+@click.option("--arch", type=click.Choice(ARCHITECTURES), default="streamserve", show_default=True,
+              help="Built-in cluster to simulate (ignored with --config).")
+@click.option("--config", "config", type=click.Path(dir_okay=False), help="Cluster config file (YAML or TOML).")
+@click.option("--num-requests", "-n", type=click.IntRange(min=1), default=None,
+              help="Requests: generators make this many (default 1000); traces are cut to their first N.")
+@click.option("--rate", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Mean arrival rate, requests/s (default 5 for generators; traces replay as recorded).")
+@workload_options
+@click.option("--concurrency", type=click.IntRange(min=1), help="Closed loop of N clients instead of open arrivals.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--slo", multiple=True, metavar="ttft:MS|tpot:MS", help="SLO for goodput, e.g. --slo ttft:200 --slo tpot:50.")
+@click.option("--out", type=click.Path(file_okay=False), default="results/simulate", show_default=True,
+              help="Directory for summary.json and requests.csv.")
+@click.option("--quiet", "-q", is_flag=True, help="No table, no progress bar.")
+def simulate(arch: str, config: str | None, num_requests: int | None, rate: float | None,
+             workload_spec: str | None, fmt: str | None, arrival: str | None, cv: float | None, strict: bool,
+             concurrency: int | None, seed: int, slo: tuple[str, ...], out: str, quiet: bool) -> None:
+    """Simulate a cluster on a workload and write summary.json and requests.csv."""
+    from streamserve.sim import run
+
+    cluster = cluster_from(arch, config)
+    slo_obj = slo_from(slo, cluster)
+    console = Console(stderr=True)
+    workload = resolve_workload(workload_spec, fmt=fmt, num_requests=num_requests, rate=rate,
+                                concurrency=concurrency, seed=seed, arrival=arrival, cv=cv, strict=strict,
+                                config=cluster.workload, config_origin=config or f"<builtin {arch}>",
+                                warn=lambda m: console.print(f"[yellow]warning:[/yellow] {m}", highlight=False, soft_wrap=True))
+    if quiet or len(workload) < PROGRESS_FROM:
+        result = run(cluster, workload, seed)
+    else:
+        with Progress("simulating", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console) as bar:
+            task = bar.add_task("", total=len(workload))
+            step = max(len(workload) // 200, 1)
+            result = run(cluster, workload, seed,
+                         on_settled=lambda n: bar.update(task, completed=n) if n % step == 0 else None)
+    summary = summarize(result, slo_obj)
+    summary.update({"arch": cluster.name, "workload": workload.name, "seed": seed, "num_requests": len(workload)})
+    out_dir = Path(out)
+    write_outputs(result, summary, out_dir)
+    if not quiet:
+        Console().print(summary_table(summary, f"{cluster.name} on {workload.name} ({len(workload)} requests, seed {seed})"))
+        console.print(f"wrote {out_dir / 'summary.json'} and {out_dir / 'requests.csv'}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: click in non-standalone mode, so every error is one line."""
+    try:
+        main_group.main(args=argv, prog_name="streamserve", standalone_mode=False)
+        sys.exit(0)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        click.echo(f"Error: {e.format_message()}", err=True)
+        sys.exit(e.exit_code)
+    except USER_ERRORS as e:
+        click.echo(f"Error: {e}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
