@@ -1,7 +1,8 @@
 """Sweep FlowGuard's weights on the ablation workload; the measurement behind its defaults.
 
-Each setting routes the same bursty workloads (gamma CV 3 at 70% of the measured
-capacity, the paper's four-dataset mix) over several seeds, on the symmetric cluster and
+Each setting routes the same bursty workloads (the ablation's ``paper`` scenario: the
+paper's four datasets, gamma arrivals with CV 3 at 70% of the measured capacity) over
+several seeds, on the symmetric cluster and
 with one decode lane running at half speed (a straggler: what the latency signal is
 for). The script records mean p99 E2E, goodput and TPOT per setting and scenario, with
 round-robin as the reference, in ``benchmarks/results/flowguard_weights.json`` (and
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from streamserve.config import FaultConfig, PolicyConfig, builtin_cluster
-from streamserve.experiments.ablate import DEFAULT_SLO, PAPER_MIX, bursty_workload, measure_capacity
+from streamserve.experiments.ablate import DEFAULT_SLO, measure_capacity, scenario_workload
 from streamserve.metrics import summarize
 from streamserve.sim import run
 
@@ -49,7 +50,7 @@ def main() -> None:
                      update={"faults": [FaultConfig(lane=1, at=0.0, kind="slow", factor=2.0)]})}
     rows = {(sc, name): [] for sc in scenarios for name in SETTINGS}
     for seed in range(args.seeds):
-        wl = bursty_workload(args.n, 0.7 * cap, 3.0, seed, mix=PAPER_MIX, slo=DEFAULT_SLO)
+        wl = scenario_workload("paper", args.n, seed, rate=0.7 * cap, cv=3.0, slo=DEFAULT_SLO)
         for sc, cluster in scenarios.items():
             for name, router in SETTINGS.items():
                 cfg = cluster.model_copy(update={"router": PolicyConfig(**router)})
