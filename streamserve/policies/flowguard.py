@@ -33,11 +33,12 @@ predictor's blind spots (work a lane is doing right now, unknown output lengths)
 pressure (0.5) matters only near full, which its square makes so. Acceptance is already
 in the TPOT prediction, so its own weight is small (0.1). ``benchmarks/flowguard_weights.py``
 measured these weights against alternatives (results in
-``benchmarks/results/flowguard_weights.json``; 6000 requests x 3 seeds, the ablation's
-bursty workload): on a symmetric cluster every setting is within 2% of round-robin on
-p99 E2E and goodput (routing has little to fix there), but with one decode lane at half
-speed the defaults gave the lowest p99 E2E (26.5 s; round-robin 59.2 s, queue depth
-alone 33.3 s, latency alone 27.2 s) and the lowest TPOT.
+``benchmarks/results/flowguard_weights.json``; 8000 requests x 3 seeds of the ablation's
+bursty ``paper`` workload): on a symmetric cluster every setting is within 3% of
+round-robin on p99 E2E and 1% on goodput (routing has little to fix there; the defaults
+gave 20.7 s p99 against round-robin's 21.2 s), but with one decode lane at half speed
+the defaults gave the lowest p99 E2E and TPOT (26.8 s and 14.8 ms; round-robin 37.8 s
+and 27.3 ms, queue depth alone 30.6 s, latency alone 27.4 s).
 
 Lanes that are unhealthy, full (``has_room``) or, for a decode placement, without the KV
 room for the prompt are never chosen; when none is left, ``route`` returns ``None`` and
