@@ -140,3 +140,25 @@ def test_registry_builds_spec_policies_by_name() -> None:
     assert isinstance(build_spec_policy({"name": "batch_table"}, perf, 8), BatchSizeTable)
     with pytest.raises(PolicyError, match="decay"):
         build_spec_policy({"name": "specustream", "decay": 1.5}, perf, 8)
+
+
+@settings(max_examples=80, deadline=None)
+@given(rates=st.lists(st.floats(0.05, 0.97), min_size=1, max_size=4),
+       counts=st.lists(st.integers(1, 40), min_size=4, max_size=4),
+       context=st.integers(100, 300_000), objective=st.sampled_from(["latency", "throughput"]))
+def test_climb_finds_the_brute_force_optimum_for_class_mixes(rates, counts, context, objective) -> None:
+    policy = SpecuStream({1: PERF}, K_MAX, switch_margin=0.0, objective=objective)
+    names = [f"c{i}" for i in range(len(rates))]
+    for i in range(60):  # teach it each class's acceptance
+        by_class = {}
+        for name, a in zip(names, rates):
+            accepted = round(4 * a * (1 - a ** 4) / (1 - a))  # 4 sequences at k = 4, in expectation
+            by_class[name] = (16, accepted)
+        policy.observe(StepObservation(1, 4, 4 * len(names), 4000, 16 * len(names),
+                                       sum(a for _, a in by_class.values()), 0.03, float(i), by_class))
+    mix = {name: n for name, n in zip(names, counts)}
+    batch = sum(mix.values())
+    alphas = {c: policy.alpha(1, c) for c in names}
+    best, values = best_depth(PERF, batch, context, alphas, mix, K_MAX, objective=objective)
+    k = policy.depth(LANE, batch, context, 0.0, mix)
+    assert values[k] >= values[best] * (1 - 1e-9)
