@@ -114,6 +114,16 @@ def simulate(arch: str, config: str | None, num_requests: int | None, rate: floa
         console.print(f"wrote {out_dir / 'summary.json'} and {out_dir / 'requests.csv'}")
 
 
+def _register_subcommands() -> None:
+    """Commands that live with the code they run."""
+    from streamserve.experiments.ablate import add_commands as add_ablate_commands
+
+    add_ablate_commands(main_group)
+
+
+_register_subcommands()
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: click in non-standalone mode, so every error is one line."""
     try:

@@ -6,9 +6,11 @@ from typing import Any, Callable, Mapping
 
 from streamserve.perfmodel import LanePerf
 from streamserve.policies.base import Router, Scheduler, SpecPolicy
-from streamserve.policies.routers import RoundRobin
-from streamserve.policies.scheduler import FCFSScheduler
-from streamserve.policies.speculation import FixedDepth
+from streamserve.policies.flowguard import FlowGuard
+from streamserve.policies.routers import LeastOutstanding, PowerOfTwo, QueueKVScorer, RandomRouter, RoundRobin
+from streamserve.policies.scheduler import FCFSScheduler, StreamScheduler
+from streamserve.policies.specustream import SpecuStream
+from streamserve.policies.speculation import BatchSizeTable, FixedDepth, NoSpeculation
 
 
 class PolicyError(ValueError):
@@ -17,9 +19,21 @@ class PolicyError(ValueError):
 
 # Each factory takes its config params as keyword arguments, plus any of the context
 # keywords it declares: ``perf`` (lane_id -> LanePerf), ``k_max``, ``router``, ``seed``.
-ROUTERS: dict[str, Callable[..., Router]] = {"round_robin": RoundRobin}
-SPEC_POLICIES: dict[str, Callable[..., SpecPolicy]] = {"fixed": FixedDepth}
-SCHEDULERS: dict[str, Callable[..., Scheduler]] = {"fcfs": FCFSScheduler}
+ROUTERS: dict[str, Callable[..., Router]] = {
+    "flowguard": FlowGuard,
+    "round_robin": RoundRobin,
+    "random": RandomRouter,
+    "least_outstanding": LeastOutstanding,
+    "power_of_two": PowerOfTwo,
+    "queue_kv": QueueKVScorer,
+}
+SPEC_POLICIES: dict[str, Callable[..., SpecPolicy]] = {
+    "specustream": SpecuStream,
+    "fixed": FixedDepth,
+    "none": NoSpeculation,
+    "batch_table": BatchSizeTable,
+}
+SCHEDULERS: dict[str, Callable[..., Scheduler]] = {"stream": StreamScheduler, "fcfs": FCFSScheduler}
 
 
 def _build(kind: str, table: Mapping[str, Callable[..., Any]], params: Mapping[str, Any],

@@ -1,0 +1,1 @@
+"""Experiment runners built on the simulator (ablations, sweeps)."""

@@ -1,0 +1,229 @@
+"""FlowGuard: route each request phase to the lane with the best multi-signal score.
+
+The paper names the signals (queue depth, latency, utilisation, speculation) but not how
+they combine. Here each candidate lane gets a cost, lower is better::
+
+    cost = w_latency * latency + w_queue * queue + w_util * util + w_kv * kv + w_accept * accept
+
+with every signal normalised so a weight means the same thing on any cluster:
+
+* ``latency``: the predicted latency of this request on this lane, divided by the best
+  prediction among the candidates, minus one (0 for the fastest lane, 1 for a lane twice
+  as slow). On prefill lanes it is the predicted TTFT: the prompt tokens queued ahead plus
+  this prompt, through the lane's perf model (batched ``prefill_budget`` tokens per
+  iteration; on colocated lanes plus the decode work that shares each iteration). On
+  decode lanes it is the predicted TPOT with this request added to the batch: one
+  speculative step at the lane's current k, divided by the tokens a step yields at the
+  lane's acceptance rate. Each prediction is multiplied by a per-lane, per-phase
+  correction: the exponentially averaged ratio of observed to predicted latency fed back
+  through ``observe``, which is how a slowed-down or mis-profiled lane gets noticed.
+* ``queue``: outstanding requests over ``max_num_seqs``, averaged with queued tokens over
+  the most any candidate has queued.
+* ``util``: the lane's busy fraction over the runtime's recent window.
+* ``kv``: squared KV-cache occupancy after placing this request (its prompt, plus on a
+  decode lane the mean output length seen so far): mild while there is room, steep near
+  full, where a decode lane would start preempting.
+* ``accept``: ``1 - acceptance rate`` on decode lanes (0 where nothing was drafted yet).
+
+Default weights and why: latency is the objective and the only signal that knows about
+request sizes and lane speed, so it carries weight 1. Queue depth and utilisation are
+lagging proxies of the same thing; small weights (0.2, 0.1) break ties between lanes of
+equal predicted latency towards the one with less in flight, which guards against the
+predictor's blind spots (work a lane is doing right now, unknown output lengths). KV
+pressure (0.5) matters only near full, which its square makes so. Acceptance is already
+in the TPOT prediction, so its own weight is small (0.1). ``benchmarks/flowguard_weights.py``
+measured these weights against alternatives (results in
+``benchmarks/results/flowguard_weights.json``; 8000 requests x 3 seeds of the ablation's
+bursty ``paper`` workload): on a symmetric cluster every setting is within 3% of
+round-robin on p99 E2E and 1% on goodput (routing has little to fix there; the defaults
+gave 20.7 s p99 against round-robin's 21.2 s), but with one decode lane at half speed
+the defaults gave the lowest p99 E2E and TPOT (26.8 s and 14.8 ms; round-robin 37.8 s
+and 27.3 ms, queue depth alone 30.6 s, latency alone 27.4 s).
+
+Lanes that are unhealthy, full (``has_room``) or, for a decode placement, without the KV
+room for the prompt are never chosen; when none is left, ``route`` returns ``None`` and
+the scheduler holds the request.
+"""
+from __future__ import annotations
+
+import math
+from typing import Mapping, Sequence
+
+from streamserve.lanes import LaneRole, LaneStats
+from streamserve.perfmodel import LanePerf
+from streamserve.policies.base import Router
+from streamserve.request import Phase, Request
+
+CORRECTION_BOUNDS = (0.25, 8.0)
+
+
+class FlowGuard(Router):
+    name = "flowguard"
+
+    def __init__(self, perf: Mapping[int, LanePerf], w_latency: float = 1.0, w_queue: float = 0.2,
+                 w_util: float = 0.1, w_kv: float = 0.5, w_accept: float = 0.1,
+                 prefill_budget: int = 8192, correction_rate: float = 0.1,
+                 mean_output_prior: float = 128.0) -> None:
+        if not perf:
+            raise ValueError("perf: FlowGuard needs the lanes' performance models")
+        weights = dict(w_latency=w_latency, w_queue=w_queue, w_util=w_util, w_kv=w_kv, w_accept=w_accept)
+        for key, w in weights.items():
+            if not (w >= 0 and math.isfinite(w)):
+                raise ValueError(f"{key}: must be a finite number >= 0, got {w}")
+        if prefill_budget < 1:
+            raise ValueError(f"prefill_budget: must be >= 1, got {prefill_budget}")
+        if not 0 < correction_rate <= 1:
+            raise ValueError(f"correction_rate: must be in (0, 1], got {correction_rate}")
+        self.perf = dict(perf)
+        self._default_perf = next(iter(self.perf.values()))
+        self.w_latency, self.w_queue, self.w_util = w_latency, w_queue, w_util
+        self.w_kv, self.w_accept = w_kv, w_accept
+        self.prefill_budget = prefill_budget
+        self.correction_rate = correction_rate
+        self._correction: dict[tuple[int, Phase], float] = {}
+        self._predicted: dict[tuple[int, Phase], tuple[int, float]] = {}  # (req, phase) -> (lane, raw prediction)
+        self._mean_prompt = 512.0
+        self._mean_output = mean_output_prior
+
+    # ------------------------------------------------------------ predictions
+    def correction(self, lane_id: int, phase: Phase) -> float:
+        return self._correction.get((lane_id, phase), 1.0)
+
+    def predict_prefill(self, request: Request, lane: LaneStats) -> float:
+        """Uncorrected seconds from submission to first token of ``request`` on ``lane``."""
+        perf = self.perf.get(lane.lane_id, self._default_perf)
+        tokens = lane.tokens_queued + request.prompt_len
+        sum_sq = request.prompt_len ** 2 + lane.tokens_queued * self._mean_prompt
+        iterations = max(1, -(-tokens // self.prefill_budget))
+        t = perf.prefill_time(tokens, sum_sq) + (iterations - 1) * perf.prefill.a * 1e-3
+        if lane.role is LaneRole.COLOCATED and lane.num_running:
+            # Decode work rides along in every iteration until the prompt is done.
+            t += iterations * (perf.decode_time(lane.num_running, lane.context_tokens, lane.spec_k)
+                               - perf.decode_small.a * 1e-3)
+        return t
+
+    def predict_tpot(self, request: Request, lane: LaneStats, acceptance: float | None = None) -> float:
+        """Uncorrected seconds per output token of ``request`` once it joins ``lane``'s batch.
+
+        ``acceptance``: the draft acceptance rate to expect for this request; by default
+        the lane's. When routing, FlowGuard passes the mean over the candidate lanes:
+        acceptance belongs mostly to the request's workload, not to the lane, and a lane's
+        rate only says which requests it happens to hold, so comparing lanes on it herds
+        new work onto whichever lane had a lucky streak."""
+        perf = self.perf.get(lane.lane_id, self._default_perf)
+        batch = lane.num_running + lane.num_waiting + 1
+        context = lane.context_tokens + lane.tokens_queued + request.prompt_len
+        k = lane.spec_k
+        acc = acceptance if acceptance is not None else (lane.acceptance_rate or 0.0)
+        per_step = 1.0 + k * acc
+        running = min(batch, lane.max_num_seqs)
+        t = perf.spec_step_time(running, context * running // batch, k) / per_step
+        if batch > lane.max_num_seqs:
+            t *= batch / lane.max_num_seqs  # it waits for a slot: roughly a longer effective step
+        return t
+
+    def _fits(self, request: Request, lane: LaneStats, phase: Phase) -> bool:
+        if not lane.has_room:
+            return False
+        if phase is Phase.DECODE and (lane.kv_free_tokens or lane.kv_usage):
+            return lane.kv_free_tokens >= request.prompt_len
+        return True
+
+    def _kv_after(self, request: Request, lane: LaneStats, phase: Phase) -> float:
+        used = lane.kv_usage
+        if used >= 1.0:
+            return 1.0
+        if lane.kv_free_tokens <= 0:
+            return used
+        capacity = lane.kv_free_tokens / (1.0 - used)
+        need = request.prompt_len + (self._mean_output if phase is Phase.DECODE else 0.0)
+        return min(1.0, used + need / capacity)
+
+    # ------------------------------------------------------------ scoring
+    def costs(self, request: Request, lanes: Sequence[LaneStats],
+              phase: Phase) -> list[tuple[float, LaneStats, float, float | None]]:
+        """``(cost, lane, raw predicted latency, raw predicted TPOT on a colocated lane)``
+        of each lane that may take ``request``.
+
+        A colocated lane that takes a prompt also decodes it, so there the latency compared
+        is the predicted TTFT plus the predicted decode time (TPOT times the mean output
+        length seen so far): a lane that prefills quickly but decodes slowly is no bargain.
+        """
+        ok = [lane for lane in lanes if self._fits(request, lane, phase)]
+        if not ok:
+            return []
+        rates = [lane.acceptance_rate for lane in ok if lane.acceptance_rate is not None]
+        acc = sum(rates) / len(rates) if rates else 0.0
+        tpot: list[float | None] = [None] * len(ok)
+        if phase is Phase.DECODE:
+            raw = [self.predict_tpot(request, lane, acc) for lane in ok]
+            lat = [r * self.correction(lane.lane_id, phase) for r, lane in zip(raw, ok)]
+        else:
+            raw = [self.predict_prefill(request, lane) for lane in ok]
+            lat = [r * self.correction(lane.lane_id, phase) for r, lane in zip(raw, ok)]
+            for i, lane in enumerate(ok):
+                if lane.role is LaneRole.COLOCATED:
+                    tpot[i] = t = self.predict_tpot(request, lane, acc)
+                    lat[i] += t * self.correction(lane.lane_id, Phase.DECODE) * self._mean_output
+        best = max(min(lat), 1e-9)
+        max_tokens = max(lane.tokens_queued for lane in ok) or 1
+        out = []
+        for lane, r, l, t in zip(ok, raw, lat, tpot):
+            queue = 0.5 * (lane.outstanding / lane.max_num_seqs + lane.tokens_queued / max_tokens)
+            accept = 0.0
+            if phase is Phase.DECODE and lane.acceptance_rate is not None:
+                accept = 1.0 - lane.acceptance_rate
+            cost = (self.w_latency * (l / best - 1.0) + self.w_queue * queue + self.w_util * lane.utilisation
+                    + self.w_kv * self._kv_after(request, lane, phase) ** 2 + self.w_accept * accept)
+            out.append((cost, lane, r, t))
+        return out
+
+    def _remember(self, request: Request, phase: Phase, lane_id: int, raw: float) -> None:
+        if len(self._predicted) > 200_000:  # requests that failed never report back
+            for key in list(self._predicted)[:100_000]:
+                del self._predicted[key]
+        self._predicted[(request.id, phase)] = (lane_id, raw)
+
+    def route(self, request: Request, lanes: Sequence[LaneStats], phase: Phase, now: float) -> int | None:
+        scored = self.costs(request, lanes, phase)
+        if not scored:
+            return None
+        cost, lane, raw, tpot = min(scored, key=lambda t: (t[0], t[1].outstanding, t[1].lane_id))
+        self._remember(request, phase, lane.lane_id, raw)
+        if tpot is not None:  # colocated: its decode will be reported against this lane too
+            self._remember(request, Phase.DECODE, lane.lane_id, tpot)
+        return lane.lane_id
+
+    def route_pair(self, request: Request, pairs: Sequence[tuple[LaneStats, LaneStats]], now: float) -> int | None:
+        """Stream-pair mode: pick the prefill lane whose pair (prefill + its decode partner)
+        costs least; the decode phase will go to the partner."""
+        best: tuple[float, int, int, float] | None = None
+        for pre, dec in pairs:
+            p = self.costs(request, [pre], Phase.PREFILL)
+            d = self.costs(request, [dec], Phase.DECODE)
+            if not p or not d:
+                continue
+            # Each single-lane cost has latency term 0; compare the pairs on absolute latency.
+            lat = (p[0][2] * self.correction(pre.lane_id, Phase.PREFILL)
+                   + d[0][2] * self.correction(dec.lane_id, Phase.DECODE) * self._mean_output)
+            key = (lat, p[0][0] + d[0][0], pre.lane_id, p[0][2])
+            if best is None or key[:3] < best[:3]:
+                best = key
+        if best is None:
+            return None
+        self._remember(request, Phase.PREFILL, best[2], best[3])
+        return best[2]
+
+    # ------------------------------------------------------------ feedback
+    def observe(self, lane_id: int, phase: Phase, request: Request, latency: float, now: float) -> None:
+        if phase is Phase.PREFILL:
+            self._mean_prompt += 0.01 * (request.prompt_len - self._mean_prompt)
+        elif request.generated > 0:
+            self._mean_output += 0.01 * (request.generated - self._mean_output)
+        entry = self._predicted.pop((request.id, phase), None)
+        if entry is None or entry[0] != lane_id or entry[1] <= 0 or not latency > 0:
+            return
+        ratio = min(max(latency / entry[1], CORRECTION_BOUNDS[0]), CORRECTION_BOUNDS[1])
+        key = (lane_id, phase)
+        old = self._correction.get(key, 1.0)
+        self._correction[key] = old + self.correction_rate * (ratio - old)

@@ -1,0 +1,136 @@
+"""FlowGuard and the baseline routers, as pure code on hand-made lane snapshots."""
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from streamserve.lanes import LaneRole, LaneStats
+from streamserve.perfmodel import Profile
+from streamserve.policies.flowguard import FlowGuard
+from streamserve.policies.registry import ROUTERS, PolicyError, build_router
+from streamserve.request import Phase, Request
+
+PERF = Profile.load().lane("opt-13b", "A100-80GB", 1, "small-model")
+PERFS = {i: PERF for i in range(8)}
+
+
+def req(i: int = 0, prompt: int = 1000) -> Request:
+    return Request(id=i, arrival=0.0, prompt_len=prompt, output_len=100)
+
+
+def lane(i: int, role: LaneRole = LaneRole.PREFILL, **kw) -> LaneStats:
+    kw.setdefault("kv_free_tokens", 50_000)
+    return LaneStats(lane_id=i, role=role, **kw)
+
+
+lanes_strategy = st.lists(
+    st.builds(
+        lambda i, healthy, waiting, running, tokens, kv, free, util, acc, k: LaneStats(
+            lane_id=i, role=LaneRole.DECODE, healthy=healthy, num_waiting=waiting, num_running=running,
+            tokens_queued=tokens, kv_usage=kv, kv_free_tokens=free, max_waiting=8, utilisation=util,
+            acceptance_rate=acc, spec_k=k, context_tokens=running * 500),
+        st.integers(0, 7), st.booleans(), st.integers(0, 10), st.integers(0, 300), st.integers(0, 100_000),
+        st.sampled_from([0.0, 0.3, 0.99, 1.0]), st.integers(0, 60_000), st.floats(0, 1),
+        st.one_of(st.none(), st.floats(0, 1)), st.integers(0, 8)),
+    min_size=0, max_size=6, unique_by=lambda s: s.lane_id)
+
+
+@settings(max_examples=150, deadline=None)
+@given(lanes=lanes_strategy, name=st.sampled_from(sorted(ROUTERS)), phase=st.sampled_from(list(Phase)),
+       prompt=st.integers(1, 8000))
+def test_routes_only_to_healthy_lanes_with_room(lanes, name, phase, prompt) -> None:
+    router = build_router({"name": name}, PERFS, seed=1)
+    r = req(prompt=prompt)
+    choice = router.route(r, lanes, phase, 0.0)
+    ok = [s for s in lanes if s.has_room]
+    if choice is None:
+        if name != "flowguard":
+            assert not ok
+        else:  # FlowGuard also refuses a decode lane without KV room for the prompt
+            assert all(phase is Phase.DECODE and s.kv_free_tokens < prompt for s in ok)
+    else:
+        chosen = next(s for s in lanes if s.lane_id == choice)
+        assert chosen.has_room and chosen.healthy
+        if name == "flowguard" and phase is Phase.DECODE:
+            assert chosen.kv_free_tokens >= prompt
+
+
+def test_says_none_when_nothing_can_take_the_request() -> None:
+    fg = FlowGuard(PERFS)
+    lanes = [lane(0, healthy=False), lane(1, num_waiting=1024), lane(2, kv_usage=1.0)]
+    assert fg.route(req(), lanes, Phase.PREFILL, 0.0) is None
+    assert fg.route(req(), [], Phase.DECODE, 0.0) is None
+
+
+@pytest.mark.parametrize("phase", list(Phase))
+def test_skewed_load_moves_new_work_to_the_lighter_lane(phase: Phase) -> None:
+    role = LaneRole.DECODE if phase is Phase.DECODE else LaneRole.PREFILL
+    loaded = dict(num_waiting=6, num_running=40, tokens_queued=12_000, context_tokens=60_000,
+                  kv_usage=0.7, utilisation=0.95, spec_k=4, acceptance_rate=0.5)
+    stats = {0: lane(0, role, **loaded), 1: lane(1, role, spec_k=4, acceptance_rate=0.5)}
+    fg = FlowGuard(PERFS)
+    picks = []
+    for i in range(30):
+        choice = fg.route(req(i, 800), list(stats.values()), phase, float(i))
+        picks.append(choice)
+        s = stats[choice]  # the chosen lane gets the request, as a runtime would show next time
+        stats[choice] = s._replace(num_waiting=s.num_waiting + 1, tokens_queued=s.tokens_queued + 800,
+                                   kv_usage=min(1.0, s.kv_usage + 0.01))
+    assert picks[:5] == [1] * 5
+    assert picks.count(1) > 2 * picks.count(0)
+
+
+def test_observed_slowness_steers_work_away() -> None:
+    fg = FlowGuard(PERFS)
+    lanes = [lane(0), lane(1)]
+    for i in range(40):  # lane 0 keeps taking three times as long as predicted
+        r = req(i)
+        chosen = fg.route(r, [lanes[0]], Phase.PREFILL, float(i))
+        predicted = fg.predict_prefill(r, lanes[0])
+        r.generated = 1
+        fg.observe(chosen, Phase.PREFILL, r, 3 * predicted, float(i))
+    assert fg.correction(0, Phase.PREFILL) > 2.5
+    assert fg.route(req(99), lanes, Phase.PREFILL, 50.0) == 1
+    # ... and a modest queue on the healthy lane still beats the slow one
+    lanes[1] = lane(1, num_waiting=1, tokens_queued=1000)
+    assert fg.route(req(100), lanes, Phase.PREFILL, 51.0) == 1
+
+
+def test_decode_prefers_faster_speculation() -> None:
+    fg = FlowGuard(PERFS)
+    base = dict(num_running=8, context_tokens=8000, spec_k=4)
+    slow = lane(0, LaneRole.DECODE, acceptance_rate=0.1, **base)
+    fast = lane(1, LaneRole.DECODE, acceptance_rate=0.8, **base)
+    assert fg.predict_tpot(req(), fast) < fg.predict_tpot(req(), slow)
+    assert fg.route(req(), [slow, fast], Phase.DECODE, 0.0) == 1
+
+
+def test_pair_mode_scores_prefill_and_partner_together() -> None:
+    fg = FlowGuard(PERFS)
+    p0, d0 = lane(0), lane(1, LaneRole.DECODE, num_running=150, context_tokens=200_000, kv_usage=0.8)
+    p2, d3 = lane(2, num_waiting=1, tokens_queued=500), lane(3, LaneRole.DECODE)
+    assert fg.route_pair(req(), [(p0, d0), (p2, d3)], 0.0) == 2
+    assert fg.route_pair(req(), [(p0, d0._replace(healthy=False))], 0.0) is None
+
+
+def test_weights_are_validated() -> None:
+    with pytest.raises(PolicyError, match="w_queue"):
+        build_router({"name": "flowguard", "w_queue": -1}, PERFS)
+    with pytest.raises(PolicyError, match="not a parameter"):
+        build_router({"name": "flowguard", "w_speed": 1}, PERFS)
+
+
+def test_baselines_behave_as_named() -> None:
+    lanes = [lane(0, num_waiting=3), lane(1, num_waiting=1, num_running=1), lane(2, num_waiting=5)]
+    assert build_router({"name": "least_outstanding"}, PERFS).route(req(), lanes, Phase.PREFILL, 0) == 1
+    rr = build_router({"name": "round_robin"}, PERFS)
+    assert [rr.route(req(), lanes, Phase.PREFILL, 0) for _ in range(4)] == [0, 1, 2, 0]
+    p2 = build_router({"name": "power_of_two"}, PERFS, seed=3)
+    picks = {p2.route(req(), lanes, Phase.PREFILL, 0) for _ in range(50)}
+    assert 2 not in picks or picks == {2}  # it never keeps the worse of its two samples
+    assert picks <= {0, 1}
+    kv = [lane(0, kv_usage=0.9), lane(1, kv_usage=0.1)]
+    assert build_router({"name": "queue_kv"}, PERFS).route(req(), kv, Phase.DECODE, 0) == 1
+    rnd = build_router({"name": "random"}, PERFS, seed=5)
+    assert {rnd.route(req(), lanes, Phase.PREFILL, 0) for _ in range(60)} == {0, 1, 2}

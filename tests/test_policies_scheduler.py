@@ -1,0 +1,254 @@
+"""StreamScheduler as pure code: a fake cluster view whose lanes change only when the
+test says so, and checks that every request is accounted for."""
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from streamserve.lanes import LaneRole, LaneStats
+from streamserve.perfmodel import Profile
+from streamserve.policies.base import Fail, Reject, Submit
+from streamserve.policies.registry import PolicyError, build_router, build_scheduler
+from streamserve.policies.scheduler import FCFSScheduler, StreamScheduler
+from streamserve.request import SLO, Phase, Request
+
+PERF = Profile.load().lane("opt-13b", "A100-80GB", 1, "small-model")
+PERFS = {i: PERF for i in range(4)}
+
+
+class View:
+    """Two stream pairs: prefill 0 -> decode 1, prefill 2 -> decode 3."""
+
+    def __init__(self, disaggregated: bool = True) -> None:
+        self.disaggregated = disaggregated
+        role = LaneRole.PREFILL if disaggregated else LaneRole.COLOCATED
+        self.stats = {0: LaneStats(0, role, kv_free_tokens=10**5), 2: LaneStats(2, role, kv_free_tokens=10**5)}
+        if disaggregated:
+            self.stats[1] = LaneStats(1, LaneRole.DECODE, kv_free_tokens=10**5)
+            self.stats[3] = LaneStats(3, LaneRole.DECODE, kv_free_tokens=10**5)
+
+    def lanes(self, phase: Phase):
+        return [s for s in self.stats.values() if s.role.serves(phase)]
+
+    def partner(self, lane_id: int):
+        return {0: 1, 2: 3}.get(lane_id)
+
+    def set(self, lane_id: int, **kw) -> None:
+        self.stats[lane_id] = self.stats[lane_id]._replace(**kw)
+
+
+def req(i: int, prompt: int = 100, arrival: float = 0.0, slo: SLO | None = None) -> Request:
+    return Request(id=i, arrival=arrival, prompt_len=prompt, output_len=10, slo=slo)
+
+
+def sched(**kw) -> StreamScheduler:
+    return StreamScheduler(build_router({"name": kw.pop("router", "flowguard")}, PERFS), PERFS, **kw)
+
+
+def test_arrival_goes_to_a_lane_and_decode_follows_prefill() -> None:
+    s, v = sched(), View()
+    r = req(1)
+    (a,) = s.on_arrival(r, 0.0, v)
+    assert isinstance(a, Submit) and a.phase is Phase.PREFILL and a.lane_id in (0, 2)
+    r.prefill_lane, r.first_token, r.generated = a.lane_id, 0.2, 1
+    (d,) = s.on_prefill_done(r, 0.2, v)
+    assert isinstance(d, Submit) and d.phase is Phase.DECODE and d.lane_id in (1, 3)
+
+
+def test_colocated_prefill_done_needs_no_decode_placement() -> None:
+    s, v = sched(), View(disaggregated=False)
+    r = req(1)
+    (a,) = s.on_arrival(r, 0.0, v)
+    r.prefill_lane, r.first_token = a.lane_id, 0.1
+    assert s.on_prefill_done(r, 0.1, v) == []
+
+
+def test_pairs_mode_decodes_on_the_partner() -> None:
+    s, v = sched(pairing="pairs"), View()
+    for i in range(4):
+        r = req(i)
+        (a,) = s.on_arrival(r, 0.0, v)
+        r.prefill_lane, r.first_token = a.lane_id, 0.1
+        (d,) = s.on_prefill_done(r, 0.1, v)
+        assert d.lane_id == v.partner(a.lane_id)
+
+
+def test_holds_requests_beyond_the_lane_backlog_and_places_them_on_capacity() -> None:
+    s, v = sched(lane_backlog_tokens=1000), View()
+    v.set(0, tokens_queued=5000, num_waiting=3)
+    v.set(2, tokens_queued=5000, num_waiting=3)
+    assert s.on_arrival(req(1), 0.0, v) == []
+    assert s.on_arrival(req(2), 0.1, v) == []
+    assert s.pending == 2
+    v.set(2, tokens_queued=0, num_waiting=0)
+    placed = s.on_capacity(0.5, v)
+    assert [a.request.id for a in placed] == [1, 2] and {a.lane_id for a in placed} == {2}
+    assert s.pending == 0
+
+
+def test_burst_in_one_callback_is_spread_over_lanes() -> None:
+    s, v = sched(router="least_outstanding", lane_backlog_tokens=None), View()
+    v.set(0, num_waiting=1024)
+    v.set(2, num_waiting=1024)
+    for i in range(6):
+        s.on_arrival(req(i), 0.0, v)
+    v.set(0, num_waiting=0)
+    v.set(2, num_waiting=0)
+    placed = s.on_capacity(1.0, v)
+    assert sorted(a.lane_id for a in placed) == [0, 0, 0, 2, 2, 2]
+
+
+@pytest.mark.parametrize("order,expected", [("fcfs", [1, 2, 3]), ("spf", [3, 1, 2]), ("edf", [2, 3, 1])])
+def test_orderings(order: str, expected: list[int]) -> None:
+    s, v = sched(order=order, lane_backlog_tokens=None), View()
+    v.set(0, healthy=False)
+    v.set(2, healthy=False)
+    s.on_arrival(req(1, prompt=500, arrival=0.0, slo=SLO(ttft=5.0)), 0.0, v)
+    s.on_arrival(req(2, prompt=800, arrival=0.1, slo=SLO(ttft=1.0)), 0.1, v)
+    s.on_arrival(req(3, prompt=100, arrival=0.2, slo=SLO(ttft=2.0)), 0.2, v)
+    v.set(0, healthy=True)
+    placed = s.on_capacity(0.3, v)
+    assert [a.request.id for a in placed] == expected
+
+
+def test_bounded_queue_rejects_with_a_reason() -> None:
+    s, v = sched(max_pending=2), View()
+    v.set(0, healthy=False)
+    v.set(2, healthy=False)
+    assert s.on_arrival(req(1), 0, v) == [] and s.on_arrival(req(2), 0, v) == []
+    (a,) = s.on_arrival(req(3), 0, v)
+    assert isinstance(a, Reject) and "queue full" in a.reason
+
+
+def test_overload_reject_turns_away_requests_that_cannot_meet_their_slo() -> None:
+    s, v = sched(overload="reject"), View()
+    v.set(0, healthy=False)
+    v.set(2, healthy=False)
+    slo = SLO(ttft=0.5)
+    assert s.on_arrival(req(1, slo=slo), 0.0, v) == []
+    v.set(0, healthy=True)
+    (late,) = s.on_capacity(0.9, v)
+    assert isinstance(late, Reject) and "TTFT SLO" in late.reason
+    # a long backlog predicts a wait beyond the SLO: rejected at once
+    v.set(0, tokens_queued=100_000)
+    v.set(2, tokens_queued=100_000, healthy=True)
+    (a,) = s.on_arrival(req(2, slo=slo), 1.0, v)
+    assert isinstance(a, Reject) and "predicted" in a.reason
+    # the queue policy serves it however late
+    q = sched(overload="queue")
+    assert q.on_arrival(req(3, slo=slo), 1.0, v) == [] and q.pending == 1
+    assert not any(isinstance(a, Reject) for a in q.on_capacity(5.0, v))
+
+
+def test_lane_failure_requeues_then_fails_after_max_attempts() -> None:
+    s, v = sched(max_attempts=2), View()
+    r = req(1)
+    (a,) = s.on_arrival(r, 0.0, v)
+    r.attempts = 1
+    v.set(a.lane_id, healthy=False)
+    (again,) = s.on_lane_down(a.lane_id, [r], 1.0, v)
+    assert isinstance(again, Submit) and again.lane_id != a.lane_id and again.phase is Phase.PREFILL
+    r.attempts = 2
+    (fail,) = s.on_lane_down(again.lane_id, [r], 2.0, v)
+    assert isinstance(fail, Fail) and "no attempts left" in fail.reason
+
+
+def test_lost_request_waiting_for_decode_is_prefilled_again() -> None:
+    s, v = sched(), View()
+    v.set(1, healthy=False)
+    v.set(3, healthy=False)
+    r = req(1)
+    (a,) = s.on_arrival(r, 0.0, v)
+    r.prefill_lane, r.first_token, r.attempts = a.lane_id, 0.1, 1
+    assert s.on_prefill_done(r, 0.1, v) == [] and s.pending == 1
+    v.set(a.lane_id, healthy=False)
+    (again,) = s.on_lane_down(a.lane_id, [r], 0.2, v)
+    assert again.phase is Phase.PREFILL and s.pending == 0
+
+
+def test_drain_fails_everything_held_with_reasons() -> None:
+    s, v = sched(), View()
+    for lane_id in v.stats:
+        v.set(lane_id, healthy=False)
+    for i in range(3):
+        s.on_arrival(req(i), 0.0, v)
+    actions = s.drain(10.0)
+    assert len(actions) == 3 and all(isinstance(a, Fail) and a.reason for a in actions)
+    assert s.pending == 0
+
+
+@settings(max_examples=60, deadline=None)
+@given(ops=st.lists(st.tuples(st.sampled_from(["arrive", "block", "free", "capacity", "down", "up"]),
+                              st.sampled_from([0, 2]), st.integers(1, 9000)), max_size=60),
+       order=st.sampled_from(["fcfs", "spf", "edf"]), overload=st.sampled_from(["queue", "reject"]),
+       router=st.sampled_from(["flowguard", "round_robin", "power_of_two"]))
+def test_no_request_is_ever_lost(ops, order, overload, router) -> None:
+    s = sched(order=order, overload=overload, router=router, max_pending=20)
+    v = View()
+    arrived: list[Request] = []
+    on_lane: dict[int, set[int]] = {0: set(), 2: set()}
+    ended: dict[int, str] = {}
+
+    def apply(actions, now):
+        for a in actions:
+            assert a.request.id not in ended, "a settled request came back"
+            if isinstance(a, Submit):
+                assert v.stats[a.lane_id].healthy and a.phase is Phase.PREFILL
+                on_lane[a.lane_id].add(a.request.id)
+                a.request.attempts += 1
+            else:
+                assert a.reason
+                ended[a.request.id] = type(a).__name__
+    now = 0.0
+    for op, lane_id, x in ops:
+        now += 0.1
+        if op == "arrive":
+            r = req(len(arrived), prompt=x, arrival=now, slo=SLO(ttft=0.3))
+            arrived.append(r)
+            apply(s.on_arrival(r, now, v), now)
+        elif op == "block":
+            v.set(lane_id, num_waiting=1024)
+        elif op == "free":
+            v.set(lane_id, num_waiting=0)
+            apply(s.on_capacity(now, v), now)
+        elif op == "capacity":
+            apply(s.on_capacity(now, v), now)
+        elif op == "down" and v.stats[lane_id].healthy:
+            v.set(lane_id, healthy=False)
+            lost = [r for r in arrived if r.id in on_lane[lane_id]]
+            on_lane[lane_id].clear()
+            apply(s.on_lane_down(lane_id, lost, now, v), now)
+        elif op == "up":
+            v.set(lane_id, healthy=True)
+            apply(s.on_capacity(now, v), now)
+    apply(s.drain(now), now)
+    placed = on_lane[0] | on_lane[2]
+    assert s.pending == 0
+    assert not placed & set(ended)
+    assert placed | set(ended) == {r.id for r in arrived}
+
+
+def test_registry_and_fcfs_baseline() -> None:
+    router = build_router({"name": "round_robin"}, PERFS)
+    s = build_scheduler({"name": "stream", "order": "spf", "pairing": "pairs"}, router, PERFS)
+    assert isinstance(s, StreamScheduler) and s.order == "spf"
+    f = build_scheduler({"name": "fcfs"}, router, PERFS)
+    assert isinstance(f, FCFSScheduler) and f.lane_backlog_tokens is None and f.max_pending is None
+    with pytest.raises(PolicyError, match="order"):
+        build_scheduler({"name": "stream", "order": "lifo"}, router, PERFS)
+    with pytest.raises(PolicyError, match="not a parameter"):
+        build_scheduler({"name": "fcfs", "order": "spf"}, router, PERFS)
+    assert math.isinf(StreamScheduler(router).default_deadline)
+
+
+def test_pairs_mode_falls_back_to_any_decode_lane_when_the_partner_is_down() -> None:
+    s, v = sched(pairing="pairs"), View()
+    r = req(1)
+    (a,) = s.on_arrival(r, 0.0, v)
+    v.set(v.partner(a.lane_id), healthy=False)
+    r.prefill_lane, r.first_token = a.lane_id, 0.1
+    (d,) = s.on_prefill_done(r, 0.1, v)
+    assert d.phase is Phase.DECODE and d.lane_id != v.partner(a.lane_id) and v.stats[d.lane_id].healthy
