@@ -56,7 +56,7 @@ def test_bench_against_nothing_is_one_clear_error(tmp_path):
     r = CliRunner().invoke(cli, ["bench", "--endpoint", f"http://127.0.0.1:{free_port()}", "-n", "2",
                                  "--out", str(tmp_path)])
     assert r.exit_code == 2
-    assert r.output.startswith("error: bench against http://127.0.0.1:") and "Traceback" not in r.output
+    assert r.output.startswith("Error: bench against http://127.0.0.1:") and "Traceback" not in r.output
 
 
 def test_bench_bad_workload_is_one_clear_error(tmp_path):
@@ -70,7 +70,7 @@ def test_serve_bad_config_is_one_clear_error(tmp_path):
     path.write_text("model: tiny\nengines:\n  - {role: prefill, port: 9001}\n  - {role: decode, port: 9001}\n")
     r = CliRunner().invoke(cli, ["serve", "--config", str(path)])
     assert r.exit_code == 2
-    assert r.output.strip() == f"error: {path}: engines.1.port: port 9001 is used twice"
+    assert r.output.strip() == f"Error: {path}: engines.1.port: port 9001 is used twice"
 
 
 def test_serve_missing_model_is_one_clear_error(tmp_path, monkeypatch):

@@ -85,6 +85,14 @@ def test_cpu_example_uses_example_connector_and_no_gpu_settings(tmp_path):
         str(tmp_path / "steps-lane1.jsonl")
 
 
+def test_gpu_data_parallel_example_is_four_plain_engines():
+    specs = engine_specs(load_live(_shipped("live-gpu-dp.yaml")), base_env={})
+    assert [s.env["CUDA_VISIBLE_DEVICES"] for s in specs] == ["0", "1", "2", "3"]
+    for s in specs:
+        assert "--kv-transfer-config" not in s.argv and "--speculative-config" not in s.argv
+        assert "VLLM_NIXL_SIDE_CHANNEL_PORT" not in s.env
+
+
 def test_colocated_config_has_no_kv_connector():
     data = {"model": "tiny", "engines": [{"role": "colocated", "port": 9001}, {"role": "colocated", "port": 9002}],
             "speculation": {"method": "none"}}

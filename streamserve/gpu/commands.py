@@ -17,7 +17,7 @@ from streamserve.workload.cli_options import workload_options
 
 
 def _fail(message: str) -> None:
-    click.echo(f"error: {message}", err=True)
+    click.echo(f"Error: {message}", err=True)
     sys.exit(2)
 
 

@@ -136,7 +136,7 @@ def engine_env(lane_id: int, entry: EngineEntry, cfg: LiveConfig, base: dict[str
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, base.get("PYTHONPATH", "")) if p)
     if cfg.device == "cuda":
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(d) for d in entry.devices)
-        if cfg.connector == "NixlConnector":
+        if cfg.disaggregated and cfg.connector == "NixlConnector":
             env["VLLM_NIXL_SIDE_CHANNEL_PORT"] = str(NIXL_SIDE_CHANNEL_BASE + lane_id)
             env["VLLM_NIXL_SIDE_CHANNEL_HOST"] = "127.0.0.1"
     else:
