@@ -19,8 +19,8 @@ from fake_engine import free_port  # noqa: E402
 from streamserve.gpu.config import parse_live  # noqa: E402
 from streamserve.gpu.engines import EngineSet, engine_specs  # noqa: E402
 from streamserve.gpu.frontend import ServerThread, create_app  # noqa: E402
-from streamserve.gpu.lanes import M_DRAFT_TOKENS, M_DRAFTS, M_EXTERNAL_PROMPT, parse_prometheus  # noqa: E402
-from streamserve.gpu.models import prepare  # noqa: E402
+from streamserve.gpu.lanes import M_ACCEPTED, M_DRAFT_TOKENS, M_DRAFTS, M_EXTERNAL_PROMPT, parse_prometheus  # noqa: E402
+from streamserve.gpu.models import model_dir, prepare  # noqa: E402
 from streamserve.gpu.serve import build_frontend  # noqa: E402
 
 EXTERNAL = M_EXTERNAL_PROMPT + '{source="external_kv_transfer"}'
@@ -44,8 +44,10 @@ def _cfg(kind: str, ports: list[int], kv_path: str, log_dir: str) -> dict:
                     speculation={"method": "ngram", "k_max": 4, "prompt_lookup_min": 2, "prompt_lookup_max": 4},
                     spec_policy={"name": "tests.gpu_policies:BatchStep", "k_single": 4, "k_batched": 1},
                     profile_steps=True)
-    else:
-        base.update(engines=[{"role": "colocated", "port": ports[0]}], speculation={"method": "none"})
+    else:  # the reference: speculation by a draft model (the tiny model drafting for itself)
+        base.update(engines=[{"role": "colocated", "port": ports[0]}],
+                    speculation={"method": "draft", "k_max": 3, "draft_model": str(model_dir("tiny"))},
+                    spec_policy={"name": "fixed", "k": 2})
     return base
 
 
@@ -170,3 +172,13 @@ def test_prompt_longer_than_the_model_allows_is_a_400(live):
                    json={"model": "tiny", "prompt": "token " * 1500, "max_tokens": 4})
     assert r.status_code == 400
     assert "maximum context length is 1024" in r.json()["error"]["message"]
+
+
+def test_draft_model_speculation_follows_the_policys_k(live):
+    d0, t0 = _draft_counts(live["coloc"])
+    accepted0 = _metrics(live["coloc"]).get(M_ACCEPTED, 0.0)
+    _complete(live["coloc"], PROMPTS[0], max_tokens=40)
+    d1, t1 = _draft_counts(live["coloc"])
+    assert d1 - d0 >= 5
+    assert (t1 - t0) / (d1 - d0) == pytest.approx(2.0)  # the fixed policy's k = 2, under k_max = 3
+    assert _metrics(live["coloc"])[M_ACCEPTED] - accepted0 > 0  # the draft is the model itself
