@@ -48,9 +48,9 @@ prefilled on a decode lane, which decodes it too with no KV transfer. Both paths
 costed whole: predicted TTFT (on a decode lane with its running batch riding along) plus
 predicted decode time, the best decode lane's for the disaggregated path. Measured on the
 ablation's bursty load (10000 requests x 3 seeds, symmetric cluster): goodput 8.0 against
-6.0 requests/s for round-robin without it, p99 E2E within 1%; prompts up to 2048 tokens
-gave 2-4% more goodput but a 5-8% longer p99 E2E (decode steps carrying prefills), so the
-shipped cap is 1024.
+6.0 requests/s for round-robin without it, p99 E2E within 1%. A cap of 2048 tokens gave
+5-10% more goodput than 1024 but a 4-5% longer p99 E2E (4000 requests x 2 seeds: decode
+steps carrying prefills slow every token of their batch), so the shipped cap is 1024.
 
 Lanes that are unhealthy, full (``has_room``) or, for a decode placement, without the KV
 room for the prompt are never chosen; when none is left, ``route`` returns ``None`` and
