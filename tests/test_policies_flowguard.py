@@ -39,20 +39,24 @@ lanes_strategy = st.lists(
 @settings(max_examples=150, deadline=None)
 @given(lanes=lanes_strategy, name=st.sampled_from(sorted(ROUTERS)), phase=st.sampled_from(list(Phase)),
        prompt=st.integers(1, 8000))
-def test_routes_only_to_healthy_lanes_with_room(lanes, name, phase, prompt) -> None:
-    router = build_router({"name": name}, PERFS, seed=1)
+@pytest.mark.parametrize("local", [False, True])
+def test_routes_only_to_healthy_lanes_with_room(local, lanes, name, phase, prompt) -> None:
+    params = {"name": name, "local_prefill": local} if name == "flowguard" else {"name": name}
+    router = build_router(params, PERFS, seed=1)
     r = req(prompt=prompt)
     choice = router.route(r, lanes, phase, 0.0)
     ok = [s for s in lanes if s.has_room]
     if choice is None:
         if name != "flowguard":
             assert not ok
-        else:  # FlowGuard also refuses a decode lane without KV room for the prompt
-            assert all(phase is Phase.DECODE and s.kv_free_tokens < prompt for s in ok)
+        else:  # FlowGuard also refuses a decode lane without KV room for the prompt, and
+            # prefills on a decode lane only with local_prefill on, for prompts up to local_max_prompt
+            local_ok = router.local_prefill and prompt <= router.local_max_prompt
+            assert all(s.kv_free_tokens < prompt or (phase is Phase.PREFILL and not local_ok) for s in ok)
     else:
         chosen = next(s for s in lanes if s.lane_id == choice)
         assert chosen.has_room and chosen.healthy
-        if name == "flowguard" and phase is Phase.DECODE:
+        if name == "flowguard":  # every lane in this test is a decode lane
             assert chosen.kv_free_tokens >= prompt
 
 

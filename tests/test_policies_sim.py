@@ -20,27 +20,32 @@ def rows(report) -> dict[str, dict]:
 
 
 @pytest.mark.parametrize("seed", [0, 1])
-def test_full_streamserve_has_lower_p99_than_both_ablations(seed: int) -> None:
+def test_full_streamserve_beats_fixed_k_and_round_robin_on_a_symmetric_cluster(seed: int) -> None:
     r = rows(run_ablation(n=4000, seed=seed, scenario="paper", variants=VARIANTS[:3]))
     full, rr, fixed = r["streamserve"], r["no-flowguard"], r["no-specustream"]
     assert all(x["completed"] == 4000 for x in (full, rr, fixed))
-    assert full["p99_e2el_ms"] < rr["p99_e2el_ms"]
+    # SpecuStream: faster decoding, a shorter tail, more requests within a tight TPOT SLO.
     assert full["p99_e2el_ms"] < 0.97 * fixed["p99_e2el_ms"]
     assert full["mean_tpot_ms"] < 0.95 * fixed["mean_tpot_ms"]
-    # Goodput here is bound by TTFT under bursts, which the prefill queue sets the same way
-    # in all three (neither policy touches it on symmetric prefill lanes): a tie, not a loss.
-    assert full["request_goodput"] >= 0.995 * max(rr["request_goodput"], fixed["request_goodput"])
+    assert full["request_goodput_tight"] > 1.02 * fixed["request_goodput_tight"]
+    # FlowGuard: prefilling short prompts on decode lanes during bursts cuts TTFT, which
+    # sets goodput; on symmetric lanes the E2E tail matches round-robin's (within noise).
+    assert full["p99_ttft_ms"] < 0.9 * rr["p99_ttft_ms"]
+    assert full["request_goodput"] > 1.15 * rr["request_goodput"]
+    assert full["request_goodput_tight"] > 1.1 * rr["request_goodput_tight"]
+    assert full["p99_e2el_ms"] < 1.06 * rr["p99_e2el_ms"]
 
 
 @pytest.mark.parametrize("seed", [0, 1])
-def test_flowguard_steers_around_a_slow_decode_lane(seed: int) -> None:
-    r = rows(run_ablation(n=3000, seed=seed, scenario="straggler", variants=VARIANTS[:2]))
-    full, rr = r["streamserve"], r["no-flowguard"]
-    assert full["completed"] == rr["completed"] == 3000
-    assert full["p99_e2el_ms"] < 0.95 * rr["p99_e2el_ms"]
-    assert full["mean_e2el_ms"] < 0.9 * rr["mean_e2el_ms"]
-    assert full["request_goodput"] > 1.03 * rr["request_goodput"]
+def test_full_streamserve_beats_both_ablations_with_a_straggler(seed: int) -> None:
+    r = rows(run_ablation(n=4000, seed=seed, scenario="straggler", variants=VARIANTS[:3]))
+    full, rr, fixed = r["streamserve"], r["no-flowguard"], r["no-specustream"]
+    assert all(x["completed"] == 4000 for x in (full, rr, fixed))
+    assert full["p99_e2el_ms"] < 0.9 * rr["p99_e2el_ms"]
+    assert full["p99_e2el_ms"] < 0.97 * fixed["p99_e2el_ms"]
     assert full["mean_tpot_ms"] < 0.85 * rr["mean_tpot_ms"]
+    assert full["request_goodput"] > 1.15 * rr["request_goodput"]
+    assert full["request_goodput_tight"] > 1.02 * fixed["request_goodput_tight"]
 
 
 def test_ablation_report_accounts_for_every_request_and_writes_table_and_plot(tmp_path: Path) -> None:

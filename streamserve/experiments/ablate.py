@@ -31,7 +31,11 @@ from streamserve.metrics import RunResult, summarize
 from streamserve.request import SLO
 from streamserve.workload.base import Workload
 
-DEFAULT_SLO = SLO(ttft=1.0, tpot=0.05)  # interactive chat: first token within 1 s, >= 20 tokens/s
+DEFAULT_SLO = SLO(ttft=1.0, tpot=0.05)  # chat: first token within 1 s, >= 20 tokens/s
+# A second, tighter SLO, reported beside the first: >= 67 tokens/s, which a 13B model on
+# one A100 meets only with speculation. Under the chat SLO every variant decodes fast
+# enough and goodput is set by TTFT alone, which hides what speculation depth buys.
+TIGHT_SLO = SLO(ttft=1.0, tpot=0.015)
 
 
 @dataclass(frozen=True)
@@ -119,7 +123,7 @@ def measure_capacity(cluster: ClusterConfig, scenario: str = "paper", n: int = 2
 
 
 COLUMNS = ("variant", "completed", "rejected", "failed", "p99_e2el_ms", "mean_e2el_ms", "p99_ttft_ms",
-           "mean_tpot_ms", "request_goodput", "slo_attainment", "output_throughput")
+           "mean_tpot_ms", "request_goodput", "slo_attainment", "output_throughput", "request_goodput_tight")
 
 
 def run_ablation(n: int = 10000, load: float = 0.7, cv: float = 3.0, seed: int = 0, slo: SLO = DEFAULT_SLO,
@@ -145,6 +149,7 @@ def run_ablation(n: int = 10000, load: float = 0.7, cv: float = 3.0, seed: int =
     for v in variants:
         result = run(v.make(base), wl, seed)
         s = summarize(result, slo)
+        s["request_goodput_tight"] = summarize(result, TIGHT_SLO)["request_goodput"]
         row = {c: s.get(c) for c in COLUMNS[1:]}
         row["variant"] = v.name
         row["what"] = v.what
@@ -209,7 +214,7 @@ def write_report(report: dict[str, Any], out_dir: Path) -> list[Path]:
 
 def format_table(report: dict[str, Any]) -> str:
     head = ("variant", "done", "rej", "fail", "p99 E2E ms", "mean E2E ms", "p99 TTFT ms", "mean TPOT ms",
-            "goodput r/s", "SLO att.", "tok/s", "mean k")
+            "goodput r/s", "SLO att.", "goodput r/s @TPOT 15ms", "tok/s", "mean k")
     lines = [" | ".join(head), " | ".join("---" for _ in head)]
     for r in report["rows"]:
         k = r["mean_k"]
@@ -217,6 +222,7 @@ def format_table(report: dict[str, Any]) -> str:
             r["variant"], str(r["completed"]), str(r["rejected"]), str(r["failed"]),
             f"{r['p99_e2el_ms']:.0f}", f"{r['mean_e2el_ms']:.0f}", f"{r['p99_ttft_ms']:.0f}",
             f"{r['mean_tpot_ms']:.1f}", f"{r['request_goodput']:.3f}", f"{r['slo_attainment']:.3f}",
+            f"{r['request_goodput_tight']:.3f}",
             f"{r['output_throughput']:.0f}", "-" if k is None else f"{k:.2f}"]))
     return "\n".join(lines)
 

@@ -46,7 +46,7 @@ import math
 from collections import deque
 from typing import Mapping, Sequence
 
-from streamserve.lanes import LaneStats
+from streamserve.lanes import LaneRole, LaneStats
 from streamserve.perfmodel import LanePerf
 from streamserve.policies.base import Action, ClusterView, Fail, Reject, Router, Scheduler, Submit
 from streamserve.request import Phase, Request
@@ -121,6 +121,7 @@ class StreamScheduler(Scheduler):
         self._seq = itertools.count()
         self._submitted: dict[int, float] = {}  # request id -> time of its prefill submission
         self._shadow = _Shadow()
+        self._hold_if: set[int] = set()  # backed-up prefill lanes offered only as "wait for me"
 
     # ------------------------------------------------------------ queue plumbing
     @property
@@ -159,7 +160,22 @@ class StreamScheduler(Scheduler):
 
     # ------------------------------------------------------------ placement
     def _prefill_lanes(self, view: ClusterView) -> list[LaneStats]:
-        lanes = self._shadow.apply(view.lanes(Phase.PREFILL))
+        all_prefill = self._shadow.apply(view.lanes(Phase.PREFILL))
+        lanes = self._backlog_ok(all_prefill)
+        self._hold_if = set()
+        if not lanes and view.disaggregated and getattr(self.router, "local_prefill", False):
+            # Every prefill lane is backed up (a burst): the router may prefill on a decode
+            # lane, which then decodes the request with no KV transfer (conditional
+            # disaggregation). It weighs that against waiting for the backed-up prefill
+            # lanes, which stay candidates: choosing one means "hold the request here".
+            # Only in bursts: a prefill in a decode step delays every token of its batch.
+            local = self._backlog_ok(self._shadow.apply(view.lanes(Phase.DECODE)))
+            if local:
+                self._hold_if = {lane.lane_id for lane in all_prefill}
+                lanes = all_prefill + local
+        return lanes
+
+    def _backlog_ok(self, lanes: list[LaneStats]) -> list[LaneStats]:
         if self.lane_backlog_tokens is None:
             return lanes
         # Hold requests here rather than in a lane queue beyond the backlog bound. A lane
@@ -175,6 +191,8 @@ class StreamScheduler(Scheduler):
             decode = {lane.lane_id: lane for lane in self._shadow.apply(view.lanes(Phase.DECODE))}
             pairs = []
             for lane in lanes:
+                if lane.role is LaneRole.DECODE:
+                    continue
                 partner = view.partner(lane.lane_id)
                 if partner is not None and partner in decode and decode[partner].has_room:
                     pairs.append((lane, decode[partner]))
@@ -185,7 +203,7 @@ class StreamScheduler(Scheduler):
                 lane_id = self.router.route(request, [p for p, _ in pairs], Phase.PREFILL, now)
         else:
             lane_id = self.router.route(request, lanes, Phase.PREFILL, now)
-        if lane_id is None:
+        if lane_id is None or lane_id in self._hold_if:
             return None
         self._shadow.add(lane_id, request.prompt_len)
         self._submitted[request.id] = now
@@ -265,8 +283,8 @@ class StreamScheduler(Scheduler):
         submitted = self._submitted.pop(request.id, None)
         if submitted is not None:
             self.router.observe(request.prefill_lane, Phase.PREFILL, request, request.first_token - submitted, now)
-        if not view.disaggregated:
-            return []  # colocated: the prefill lane decodes too
+        if not view.disaggregated or request.decode_lane >= 0:
+            return []  # prefilled where it decodes (a colocated lane, or a local prefill)
         if not self._decode:
             action = self._place_decode(request, now, view)
             if action is not None:

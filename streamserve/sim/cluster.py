@@ -150,7 +150,9 @@ class Cluster:
             req = action.request
             if isinstance(action, Submit):
                 lane = self.lanes[action.lane_id]
-                if not lane.healthy or not lane.role.serves(action.phase):
+                # Any lane can prefill (a decode lane then decodes the request itself:
+                # conditional disaggregation); only decode-capable lanes take KV.
+                if not lane.healthy or (action.phase is Phase.DECODE and lane.role is LaneRole.PREFILL):
                     raise SimulationError(
                         f"scheduler placed request {req.id} for {action.phase.value} on lane "
                         f"{lane.lane_id} ({lane.role.value}, healthy={lane.healthy})")
