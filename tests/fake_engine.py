@@ -76,9 +76,10 @@ class FakeEngine:
                                      "usage": {"prompt_tokens": 3, "completion_tokens": n, "total_tokens": n + 3}})
 
             async def gen():
-                for w in words:
+                for i, w in enumerate(words):
                     await asyncio.sleep(self.delay)
-                    choice = {"index": 0, "delta": {"content": w + " "}} if chat else {"index": 0, "text": w + " "}
+                    piece = w if i == 0 else " " + w
+                    choice = {"index": 0, "delta": {"content": piece}} if chat else {"index": 0, "text": piece}
                     yield f"data: {json.dumps({'id': 'x', 'choices': [choice]})}\n\n"
                 usage = {"prompt_tokens": 3, "completion_tokens": n, "total_tokens": n + 3}
                 yield f"data: {json.dumps({'id': 'x', 'choices': [], 'usage': usage})}\n\n"

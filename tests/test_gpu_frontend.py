@@ -62,7 +62,7 @@ def test_streaming_chat_relays_chunks_and_hides_usage_unless_asked(disagg):
         lines = [line for line in r.iter_lines() if line.startswith("data: ")]
     assert lines[-1] == "data: [DONE]"
     chunks = [json.loads(line[6:]) for line in lines[:-1]]
-    assert "".join(c["choices"][0]["delta"]["content"] for c in chunks) == "d0 d1 d2 d3 "
+    assert "".join(c["choices"][0]["delta"]["content"] for c in chunks) == "d0 d1 d2 d3"
     assert all("usage" not in c for c in chunks)
     assert d.received[0]["stream"] is True
 

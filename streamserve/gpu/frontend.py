@@ -60,6 +60,8 @@ class Ticket:
     kv_params: dict[str, Any] | None = None
     streamed: bool = False  # bytes already reached the client: no invisible retry
     closed: bool = False
+    local: bool = False  # this attempt prefills on the lane that decodes it
+    first_chunk: float = math.nan  # when the first token reached the front end (client-visible TTFT)
 
     def place(self, lane_id: int, phase: Phase) -> None:
         if not self.placement.done():
@@ -241,7 +243,8 @@ class FrontEnd:
                                        type_="engine_failure", code="lane_down"))
                 continue
             ticket.kv_params = None
-            ticket.request.state = State.QUEUED
+            ticket.first_chunk = math.nan
+            _reset(ticket.request)
             lost.append(ticket.request)
         self._apply(self.scheduler.on_lane_down(lane_id, lost, self.now(), self.view))
         return True
@@ -381,17 +384,18 @@ class FrontEnd:
         req = ticket.request
         now = self.now()
         req.state, req.finish = State.FINISHED, now
+        if math.isnan(req.decode_start):
+            req.decode_start = now  # a one-token request: nothing to decode
         self._release(ticket, lane_id)
-        if not math.isnan(req.first_token):
-            self.metrics.ttft.observe(req.ttft)
+        if not math.isnan(ticket.first_chunk):  # what the client saw, not the prefill's end
+            self.metrics.ttft.observe(ticket.first_chunk - req.arrival)
             if req.generated > 1:
-                self.metrics.tpot.observe(req.tpot)
-                self.router.observe(lane_id, Phase.DECODE, req, req.tpot, now)
+                self.metrics.tpot.observe((now - ticket.first_chunk) / (req.generated - 1))
         self.metrics.e2e.observe(req.e2e)
         ticket.closed = True
         self.tickets.pop(req.id, None)
         self.metrics.outcomes.labels(State.FINISHED.value).inc()
-        self._apply(self.scheduler.on_finish(req, now, self.view))
+        self._apply(self.scheduler.on_finish(req, now, self.view))  # routers get TPOT feedback here
         self._apply(self.scheduler.on_capacity(now, self.view))
 
     async def _post(self, lane_id: int, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -417,32 +421,42 @@ class FrontEnd:
         answer = await self._post(lane_id, ticket.endpoint, body)
         ticket.kv_params = answer.get("kv_transfer_params")
         now = self.now()
-        req.transfer_start = now
+        req.first_token = req.transfer_start = now  # the prefill's one token exists
         self._release(ticket, lane_id)
-        self.router.observe(lane_id, Phase.PREFILL, req, now - req.prefill_start, now)
         self._apply(self.scheduler.on_prefill_done(req, now, self.view))
 
     async def _generate(self, ticket: Ticket, lane_id: int, emit: Callable[[bytes], Any] | None) -> dict[str, Any] | None:
+        """Decode after a remote prefill, or run the whole request on this lane (a
+        colocated lane, or a decode lane the router chose to prefill locally). The engine
+        always streams, so the end of prefill is seen even for non-streamed requests."""
         req = ticket.request
         now = self.now()
-        if self.lanes[lane_id].role is LaneRole.DECODE:
-            req.state, req.decode_start, req.decode_lane = State.TRANSFER, now, lane_id
-        else:
-            req.state, req.prefill_start, req.prefill_lane, req.decode_lane = State.PREFILL, now, lane_id, lane_id
+        ticket.local = ticket.kv_params is None and math.isnan(req.transfer_start)
+        if ticket.local:
+            req.state, req.prefill_start, req.prefill_lane = State.PREFILL, now, lane_id
             req.attempts += 1
+        else:
+            req.state, req.decode_start, req.decode_lane = State.TRANSFER, now, lane_id
         body = dict(ticket.body)
         if ticket.kv_params:
             body["kv_transfer_params"] = ticket.kv_params
-        if emit is None:
-            body["stream"] = False
-            answer = await self._post(lane_id, ticket.endpoint, body)
-            req.generated = int((answer.get("usage") or {}).get("completion_tokens", 0))
-            return answer
-        await self._stream(ticket, lane_id, body, emit)
-        return None
+        if emit is not None:
+            await self._stream(ticket, lane_id, body, emit)
+            return None
+        chunks: list[dict[str, Any]] = []
+
+        async def keep(chunk: bytes) -> None:
+            data = chunk[6:].strip()
+            if data != b"[DONE]":
+                chunks.append(json.loads(data))
+
+        body["stream_options"] = {"include_usage": True}
+        await self._stream(ticket, lane_id, body, keep)
+        return assemble(ticket.endpoint, chunks)
 
     async def _stream(self, ticket: Ticket, lane_id: int, body: dict[str, Any], emit: Callable[[bytes], Any]) -> None:
         req = ticket.request
+        emit_is_client = bool(ticket.body.get("stream"))  # else chunks are kept to assemble one answer
         client_wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
@@ -476,13 +490,63 @@ class FrontEnd:
                     if not client_wants_usage:
                         chunk.pop("usage", None)
                         data = json.dumps(chunk)
-                    if _has_text(chunk) and math.isnan(req.first_token):
-                        req.first_token = self.now()
-                        req.state = State.DECODE
-                    ticket.streamed = True
+                    if _has_text(chunk) and math.isnan(ticket.first_chunk):
+                        now = self.now()
+                        ticket.first_chunk = now
+                        if ticket.local:  # prefilled here: its first token ends the prefill
+                            req.first_token = req.decode_start = now
+                            req.decode_lane = lane_id
+                            req.state = State.DECODE
+                            self._apply(self.scheduler.on_prefill_done(req, now, self.view))
+                        else:
+                            req.state = State.DECODE
+                    ticket.streamed = emit_is_client
+                    
                     await emit(f"data: {data}\n\n".encode())
         except httpx.HTTPError as e:
             raise LaneBroken(f"{type(e).__name__}: {e}") from None
+
+
+def _reset(req: Request) -> None:
+    """A request that lost its lane starts over: no phase of it has happened."""
+    req.state = State.QUEUED
+    req.generated = 0
+    req.prefill_start = req.first_token = req.transfer_start = req.decode_start = math.nan
+    req.prefill_lane = req.decode_lane = -1
+
+
+def assemble(endpoint: str, chunks: list[dict[str, Any]]) -> dict[str, Any]:
+    """One non-streamed OpenAI answer from an engine's stream of chunks."""
+    if not chunks:
+        raise LaneBroken("the engine's stream ended without a chunk")
+    chat = endpoint != "completions"
+    choices: dict[int, dict[str, Any]] = {}
+    usage = None
+    for chunk in chunks:
+        usage = chunk.get("usage") or usage
+        for part in chunk.get("choices") or []:
+            i = part.get("index", 0)
+            acc = choices.setdefault(i, {"index": i, "logprobs": None, "finish_reason": None, "stop_reason": None,
+                                         **({"message": {"role": "assistant", "content": ""}} if chat else {"text": ""})})
+            if chat:
+                acc["message"]["content"] += (part.get("delta") or {}).get("content") or ""
+            else:
+                acc["text"] += part.get("text") or ""
+            lp = part.get("logprobs")
+            if lp:
+                if acc["logprobs"] is None:
+                    acc["logprobs"] = {k: list(v) if isinstance(v, list) else v for k, v in lp.items()}
+                else:
+                    for k, v in lp.items():
+                        if isinstance(v, list):
+                            acc["logprobs"].setdefault(k, []).extend(v)
+            for key in ("finish_reason", "stop_reason"):
+                if part.get(key) is not None:
+                    acc[key] = part[key]
+    first = chunks[0]
+    return {"id": first.get("id"), "object": "chat.completion" if chat else "text_completion",
+            "created": first.get("created"), "model": first.get("model"),
+            "choices": [choices[i] for i in sorted(choices)], "usage": usage}
 
 
 def _has_text(chunk: dict[str, Any]) -> bool:
