@@ -46,11 +46,14 @@ the decode lanes for a prefill, next to the backed-up prefill lanes (choosing on
 means "wait for it"). A prompt of at most ``local_max_prompt`` tokens may then be
 prefilled on a decode lane, which decodes it too with no KV transfer. Both paths are
 costed whole: predicted TTFT (on a decode lane with its running batch riding along) plus
-predicted decode time, the best decode lane's for the disaggregated path. Measured on the
-ablation's bursty load (10000 requests x 3 seeds, symmetric cluster): goodput 8.0 against
-6.0 requests/s for round-robin without it, p99 E2E within 1%. A cap of 2048 tokens gave
-5-10% more goodput than 1024 but a 4-5% longer p99 E2E (4000 requests x 2 seeds: decode
-steps carrying prefills slow every token of their batch), so the shipped cap is 1024.
+predicted decode time (the best decode lane's, for the disaggregated path), and on the
+local path the delay the prefill puts on every sequence already in that decode batch.
+Measured on the ablation's bursty load (10000 requests x 3 seeds, symmetric cluster,
+capacity fixed at 15.35 requests/s): goodput 7.46-7.75 against 5.79-6.14 requests/s for
+round-robin without local prefill, p99 E2E 1-3% lower in every seed. Without the
+batch-delay charge (and a 1024-token cap) goodput was 3-4% higher, but p99 E2E was not
+below round-robin's in every seed: decode steps carrying prefills slow every token of
+their batch, and the long requests that make the tail feel it most.
 
 Lanes that are unhealthy, full (``has_room``) or, for a decode placement, without the KV
 room for the prompt are never chosen; when none is left, ``route`` returns ``None`` and
@@ -194,6 +197,11 @@ class FlowGuard(Router):
                 for i, lane in enumerate(ok):
                     if lane.role is LaneRole.PREFILL:
                         lat[i] += best_decode * self._mean_output
+                    elif lane.num_running:
+                        # A prefill in a decode step delays every sequence of that batch
+                        # by its length: charge that to the local path as well.
+                        perf = self.perf.get(lane.lane_id, self._default_perf)
+                        lat[i] += lane.num_running * perf.prefill_time(request.prompt_len, request.prompt_len ** 2)
         best = max(min(lat), 1e-9)
         max_tokens = max(lane.tokens_queued for lane in ok) or 1
         out = []
