@@ -48,12 +48,14 @@ prefilled on a decode lane, which decodes it too with no KV transfer. Both paths
 costed whole: predicted TTFT (on a decode lane with its running batch riding along) plus
 predicted decode time (the best decode lane's, for the disaggregated path), and on the
 local path the delay the prefill puts on every sequence already in that decode batch.
-Measured on the ablation's bursty load (10000 requests x 3 seeds, symmetric cluster,
-capacity fixed at 15.35 requests/s): goodput 7.46-7.75 against 5.79-6.14 requests/s for
-round-robin without local prefill, p99 E2E 1-3% lower in every seed. Without the
-batch-delay charge (and a 1024-token cap) goodput was 3-4% higher, but p99 E2E was not
-below round-robin's in every seed: decode steps carrying prefills slow every token of
-their batch, and the long requests that make the tail feel it most.
+Measured by ``benchmarks/ablation_scenarios.py`` (bursty load, 10000 requests x 3
+seeds; ``benchmarks/results/ablation_scenarios.md``), against round-robin without local
+prefill on the symmetric cluster: goodput 7.54 against 6.06 requests/s, p99 TTFT 3.1
+against 3.8 s, but p99 E2E 3% longer (19.1 against 18.5 s). The tail is long
+summarisation outputs, and the prefills their decode steps now carry slow each of their
+tokens a little. A 1024-token cap without the batch-delay charge measured 3% more
+goodput and a p99 E2E 2% above round-robin's: on symmetric lanes neither setting beats
+round-robin's E2E tail reliably, while both win clearly on TTFT and goodput.
 
 Lanes that are unhealthy, full (``has_room``) or, for a decode placement, without the KV
 room for the prompt are never chosen; when none is left, ``route`` returns ``None`` and
