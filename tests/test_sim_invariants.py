@@ -35,7 +35,7 @@ def scenarios(draw):
     return arch, engine, k, alpha, seed, prompts, outputs, np.cumsum(gaps)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(scenarios())
 def test_every_request_settles_once_with_consistent_timestamps(scenario):
     arch, engine, k, alpha, seed, prompts, outputs, arrivals = scenario
@@ -46,9 +46,9 @@ def test_every_request_settles_once_with_consistent_timestamps(scenario):
     settled: list[int] = []
     original = sim._settle
 
-    def record(req, state, reason=""):
+    def record(req, state, reason="", now=None):
         settled.append(req.id)
-        original(req, state, reason)
+        original(req, state, reason, now)
 
     sim._settle = record
     peak: list[float] = []

@@ -46,11 +46,16 @@ the decode lanes for a prefill, next to the backed-up prefill lanes (choosing on
 means "wait for it"). A prompt of at most ``local_max_prompt`` tokens may then be
 prefilled on a decode lane, which decodes it too with no KV transfer. Both paths are
 costed whole: predicted TTFT (on a decode lane with its running batch riding along) plus
-predicted decode time, the best decode lane's for the disaggregated path. Measured on the
-ablation's bursty load (10000 requests x 3 seeds, symmetric cluster): goodput 8.0 against
-6.0 requests/s for round-robin without it, p99 E2E within 1%. A cap of 2048 tokens gave
-5-10% more goodput than 1024 but a 4-5% longer p99 E2E (4000 requests x 2 seeds: decode
-steps carrying prefills slow every token of their batch), so the shipped cap is 1024.
+predicted decode time (the best decode lane's, for the disaggregated path), and on the
+local path the delay the prefill puts on every sequence already in that decode batch.
+Measured by ``benchmarks/ablation_scenarios.py`` (bursty load, 10000 requests x 3
+seeds; ``benchmarks/results/ablation_scenarios.md``), against round-robin without local
+prefill on the symmetric cluster: goodput 7.54 against 6.06 requests/s, p99 TTFT 3.1
+against 3.8 s, but p99 E2E 3% longer (19.1 against 18.5 s). The tail is long
+summarisation outputs, and the prefills their decode steps now carry slow each of their
+tokens a little. A 1024-token cap without the batch-delay charge measured 3% more
+goodput and a p99 E2E 2% above round-robin's: on symmetric lanes neither setting beats
+round-robin's E2E tail reliably, while both win clearly on TTFT and goodput.
 
 Lanes that are unhealthy, full (``has_room``) or, for a decode placement, without the KV
 room for the prompt are never chosen; when none is left, ``route`` returns ``None`` and
@@ -194,6 +199,11 @@ class FlowGuard(Router):
                 for i, lane in enumerate(ok):
                     if lane.role is LaneRole.PREFILL:
                         lat[i] += best_decode * self._mean_output
+                    elif lane.num_running:
+                        # A prefill in a decode step delays every sequence of that batch
+                        # by its length: charge that to the local path as well.
+                        perf = self.perf.get(lane.lane_id, self._default_perf)
+                        lat[i] += lane.num_running * perf.prefill_time(request.prompt_len, request.prompt_len ** 2)
         best = max(min(lat), 1e-9)
         max_tokens = max(lane.tokens_queued for lane in ok) or 1
         out = []

@@ -174,10 +174,10 @@ class Cluster:
             elif isinstance(action, Fail):
                 self._settle(req, State.FAILED, action.reason)
 
-    def _settle(self, req: Request, state: State, reason: str = "") -> None:
+    def _settle(self, req: Request, state: State, reason: str = "", now: float | None = None) -> None:
         req.state = state
         req.reason = reason
-        req.finish = self.env.now
+        req.finish = self.env.now if now is None else now
         self.settled += 1
         if self.on_settled is not None:
             self.on_settled(self.settled)
@@ -231,7 +231,7 @@ class Cluster:
             if req.state in (State.PREFILL, State.DECODE):
                 if req.decode_lane < 0:
                     req.decode_start = now  # one-token request: nothing to decode
-                self._settle(req, State.FINISHED)
+                self._settle(req, State.FINISHED, now=now)  # the lane's step end, exactly
                 self._execute(scheduler.on_finish(req, now, self.view))
         if lane.role is LaneRole.DECODE:
             lane.admit_incoming()

@@ -322,6 +322,13 @@ class SimLane:
                 if req.prefill_start != req.prefill_start:  # NaN: first time on a lane
                     req.prefill_start = now
             n = len(dec)
+            if not n and not chunks and self.ready:
+                # Sequences whose KV has arrived hold the memory the batch needs. If the
+                # batch is full of prompts that cannot grow, preempt the newest, as vLLM does
+                # when it cannot schedule; either way, let the arrived ones in and retry.
+                if len(running) >= self.max_num_seqs:
+                    self._preempt(running[-1], now)
+                continue
             if not n and not chunks:
                 self._wake = env.event()  # blocked on memory: wait for a transfer or a failure
                 yield self._wake
@@ -349,6 +356,7 @@ class SimLane:
                 if epoch != self.epoch:
                     now = env.now
                     continue  # failed mid-step: the cluster already took every request
+                end = env.now  # the same instant, without float drift against the clock
             self.last_end = end
             self.busy_time += dt
             self.steps += 1
@@ -423,7 +431,7 @@ class SimLane:
                 else:
                     self._start_decoding(seq)
 
-            if k:
+            if k and n:
                 drafted = k * n
                 self.drafted += drafted
                 self.accepted += accepted
