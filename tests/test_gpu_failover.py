@@ -20,6 +20,7 @@ from streamserve.gpu.engines import EngineSet  # noqa: E402
 from streamserve.gpu.frontend import ServerThread, create_app  # noqa: E402
 from streamserve.gpu.models import prepare  # noqa: E402
 from streamserve.gpu.serve import build_frontend  # noqa: E402
+from streamserve.request import State  # noqa: E402
 
 PROMPT = ("A decode lane keeps the KV cache of every request it serves; when its engine dies that cache "
           "is gone, and the only way to finish the request elsewhere is to prefill it again. ")
@@ -59,12 +60,12 @@ def test_killing_a_decode_engine_mid_run(cluster):
 
     def plain_call(i: int) -> None:
         plain[i] = httpx.post(url + "/v1/completions", timeout=180, json={
-            "model": "tiny", "prompt": PROMPT + str(i), "max_tokens": 1200, "temperature": 0, "ignore_eos": True})
+            "model": "tiny", "prompt": PROMPT + str(i), "max_tokens": 1800, "temperature": 0, "ignore_eos": True})
 
     def stream_call(i: int) -> None:
         lines: list[str] = []
         with httpx.stream("POST", url + "/v1/completions", timeout=180, json={
-                "model": "tiny", "prompt": PROMPT + str(i), "max_tokens": 1200, "temperature": 0,
+                "model": "tiny", "prompt": PROMPT + str(i), "max_tokens": 1800, "temperature": 0,
                 "ignore_eos": True, "stream": True}) as r:
             for line in r.iter_lines():
                 if line.startswith("data: "):
@@ -76,10 +77,15 @@ def test_killing_a_decode_engine_mid_run(cluster):
     for t in threads:
         t.start()
     victim = fe.lanes[1]
+
+    def decoding_on_victim() -> int:
+        return sum(1 for r in list(victim.in_flight.values()) if r.state is State.DECODE)
+
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and victim.running < 2:  # until the victim decodes some of them
-        time.sleep(0.05)
-    assert victim.running >= 2, "the decode lane never got busy; the test would prove nothing"
+    while time.monotonic() < deadline and decoding_on_victim() < 2:  # until it streams tokens of 2+
+        time.sleep(0.005)
+    held = decoding_on_victim()
+    assert held >= 2, "the decode lane never got busy; the test would prove nothing"
     engines.engines[1].kill()
     for t in threads:
         t.join()
@@ -87,7 +93,7 @@ def test_killing_a_decode_engine_mid_run(cluster):
     assert not victim.healthy
     # Non-streamed requests: retried from prefill on the other decode lane, invisibly.
     assert all(r.status_code == 200 for r in plain.values()), [r.text[:200] for r in plain.values()]
-    assert all(r.json()["usage"]["completion_tokens"] == 1200 for r in plain.values())
+    assert all(r.json()["usage"]["completion_tokens"] == 1800 for r in plain.values())
     # Streamed ones: either done on the surviving lane, or a clear error event at the end.
     errors = 0
     for lines in streamed.values():
@@ -100,7 +106,7 @@ def test_killing_a_decode_engine_mid_run(cluster):
     key = 'streamserve_lane_requests_total{lane="0",phase="prefill",role="prefill"} '
     retried = float(metrics.split(key)[1].split()[0]) - 8  # second prefills
     assert retried + errors >= 2  # every request the victim held was retried or ended with an error
-    print(f"killed lane 1 holding {victim.running}+ requests: {retried:.0f} retried, {errors} streamed errors")
+    print(f"killed lane 1 decoding {held}+ requests: {retried:.0f} retried, {errors} streamed errors")
     # New requests avoid the dead lane; the front end is up and says it is healthy enough.
     def routed(lane: int) -> float:
         text = httpx.get(url + "/metrics", timeout=10).text

@@ -138,7 +138,7 @@ def _draft_counts(url: str) -> tuple[float, float]:
 
 def test_decode_engine_counters_follow_the_policys_k(live):
     """BatchStep asks for k=4 when one sequence decodes and k=1 when several do; the
-    decode engine's own counters (draft tokens per draft) must show both."""
+    decode engine's own counters (draft tokens per draft) and step log must show both."""
     d0, t0 = _draft_counts(live["decode"])
     _complete(live["url"], PROMPTS[3], max_tokens=80)
     d1, t1 = _draft_counts(live["decode"])
@@ -146,7 +146,7 @@ def test_decode_engine_counters_follow_the_policys_k(live):
     assert (t1 - t0) / (d1 - d0) > 3.5  # alone: k = 4
 
     def call(i: int) -> None:
-        _complete(live["url"], PROMPTS[i % 4] + f" {i}", max_tokens=80)
+        _complete(live["url"], PROMPTS[i % 4] + f" {i}", max_tokens=200)
 
     threads = [threading.Thread(target=call, args=(i,)) for i in range(6)]
     for t in threads:
@@ -155,12 +155,15 @@ def test_decode_engine_counters_follow_the_policys_k(live):
         t.join()
     d2, t2 = _draft_counts(live["decode"])
     assert d2 - d1 >= 20
-    assert (t2 - t1) / (d2 - d1) < 2.0  # batched: mostly k = 1
+    assert (t2 - t1) / (d2 - d1) < 3.5  # batched: many drafts of k = 1
     time.sleep(0.5)
-    ks = {json.loads(line)["k"] for line in live["k_trace"].read_text().splitlines()}
-    assert {1, 4} <= ks
+    changes = [json.loads(line) for line in live["k_trace"].read_text().splitlines()]
+    assert {1, 4} <= {c["k"] for c in changes}
+    assert all(c["k"] == (4 if c["batch"] <= 1 else 1) for c in changes)  # the policy's rule, step by step
     assert live["fe"].lanes[1].spec_k in (1, 4)
     steps = [json.loads(line) for line in live["k_trace"].with_name("steps-lane1.jsonl").read_text().splitlines()]
+    assert sum(1 for s in steps if s["k"] == 1 and s["drafted"] > 0) >= 5
+    assert all(s["drafted"] <= s["k"] * s["batch"] for s in steps)  # no draft longer than the k asked for
     drafted = sum(s["drafted"] for s in steps)  # what the policy was told, step by step ...
     assert drafted == pytest.approx(_draft_counts(live["decode"])[1], rel=0.02)  # ... is what vLLM counted
     assert all(s["dt"] > 0 and s["tokens"] >= s["batch"] for s in steps)
