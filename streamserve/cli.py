@@ -117,8 +117,10 @@ def simulate(arch: str, config: str | None, num_requests: int | None, rate: floa
 def _register_subcommands() -> None:
     """Commands that live with the code they run."""
     from streamserve.experiments.ablate import add_commands as add_ablate_commands
+    from streamserve.gpu.commands import add_commands as add_live_commands
 
     add_ablate_commands(main_group)
+    add_live_commands(main_group)
 
 
 _register_subcommands()
