@@ -9,7 +9,7 @@ from __future__ import annotations
 import tomllib
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -186,11 +186,19 @@ def validation_message(e: ValidationError, origin: str, text: str | None = None,
     return f"{where}: {field}: {msg}"
 
 
-def parse_cluster(data: dict[str, Any], origin: str, text: str | None = None) -> ClusterConfig:
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse_as(model: type[M], data: dict[str, Any], origin: str, text: str | None = None) -> M:
+    """Validate ``data`` as ``model``; the first problem becomes a one-line ``ConfigError``."""
     try:
-        return ClusterConfig.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as e:
         raise ConfigError(validation_message(e, origin, text)) from None
+
+
+def parse_cluster(data: dict[str, Any], origin: str, text: str | None = None) -> ClusterConfig:
+    return parse_as(ClusterConfig, data, origin, text)
 
 
 def load_cluster(path: str | Path) -> ClusterConfig:

@@ -10,9 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from streamserve.config import ConfigError, PolicyConfig, read_mapping, validation_message
+from streamserve.config import PolicyConfig, parse_as, read_mapping
 
 
 class _Strict(BaseModel):
@@ -147,10 +147,7 @@ class LiveConfig(_Strict):
 
 
 def parse_live(data: dict[str, Any], origin: str, text: str | None = None) -> LiveConfig:
-    try:
-        return LiveConfig.model_validate(data)
-    except ValidationError as e:
-        raise ConfigError(validation_message(e, origin, text)) from None
+    return parse_as(LiveConfig, data, origin, text)
 
 
 def load_live(path: str | Path) -> LiveConfig:
