@@ -20,18 +20,22 @@ import time
 from pathlib import Path
 
 
-def _capacity(arch: str) -> float:
-    from streamserve.config import builtin_cluster
+def _cluster(arch: str, config: str | None):
+    from streamserve.config import builtin_cluster, load_cluster
+
+    return load_cluster(config) if config else builtin_cluster(arch)
+
+
+def _capacity(arch: str, config: str | None) -> float:
     from streamserve.metrics import summarize
     from streamserve.sim import run
     from streamserve.workload.synthetic import synthetic
 
-    result = run(builtin_cluster(arch), synthetic(3000, None, 11, concurrency=256), seed=11)
+    result = run(_cluster(arch, config), synthetic(3000, None, 11, concurrency=256), seed=11)
     return float(summarize(result)["request_throughput"])
 
 
-def _one(arch: str, n: int, rate: float, queue: mp.Queue) -> None:
-    from streamserve.config import builtin_cluster
+def _one(arch: str, config: str | None, n: int, rate: float, queue: mp.Queue) -> None:
     from streamserve.metrics import summarize
     from streamserve.sim import run
     from streamserve.workload.synthetic import synthetic
@@ -39,7 +43,7 @@ def _one(arch: str, n: int, rate: float, queue: mp.Queue) -> None:
     workload = synthetic(n, rate, 1)
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0 = time.perf_counter()
-    result = run(builtin_cluster(arch), workload, seed=1)
+    result = run(_cluster(arch, config), workload, seed=1)
     wall = time.perf_counter() - t0
     summary = summarize(result)
     queue.put({
@@ -56,18 +60,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=100_000)
     ap.add_argument("--arch", default="streamserve")
+    ap.add_argument("--config", help="a cluster file instead of a built-in architecture")
     ap.add_argument("--load", type=float, default=0.7)
     ap.add_argument("--out", default="results/bench")
     args = ap.parse_args()
 
-    capacity = _capacity(args.arch)
+    capacity = _capacity(args.arch, args.config)
     rate = args.load * capacity
-    print(f"{args.arch}: saturated throughput {capacity:.2f} req/s; simulating at {rate:.2f} req/s ({args.load:.0%})")
+    print(f"{args.config or args.arch}: saturated throughput {capacity:.2f} req/s; simulating at {rate:.2f} req/s ({args.load:.0%})")
     rows = []
     ctx = mp.get_context("spawn")
     for n in sorted({args.requests // 4, args.requests // 2, args.requests}):
         q: mp.Queue = ctx.Queue()
-        p = ctx.Process(target=_one, args=(args.arch, n, rate, q))
+        p = ctx.Process(target=_one, args=(args.arch, args.config, n, rate, q))
         p.start()
         rows.append(q.get())
         p.join()
@@ -82,10 +87,11 @@ def main() -> None:
         slope = None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "sim_speed.json").write_text(json.dumps(
-        {"arch": args.arch, "capacity_req_s": capacity, "rate_req_s": rate, "runs": rows,
+    name = "sim_speed.json" if not args.config else f"sim_speed-{Path(args.config).stem}.json"
+    (out / name).write_text(json.dumps(
+        {"arch": args.arch, "config": args.config, "capacity_req_s": capacity, "rate_req_s": rate, "runs": rows,
          "rss_kb_per_request": slope}, indent=2) + "\n")
-    print(f"wrote {out / 'sim_speed.json'}")
+    print(f"wrote {out / name}")
 
 
 if __name__ == "__main__":
