@@ -252,3 +252,14 @@ def test_pairs_mode_falls_back_to_any_decode_lane_when_the_partner_is_down() -> 
     r.prefill_lane, r.first_token = a.lane_id, 0.1
     (d,) = s.on_prefill_done(r, 0.1, v)
     assert d.phase is Phase.DECODE and d.lane_id != v.partner(a.lane_id) and v.stats[d.lane_id].healthy
+
+
+def test_a_policy_of_ones_own_is_built_by_module_path() -> None:
+    from streamserve.perfmodel import Profile
+    from streamserve.policies.registry import build_spec_policy
+
+    perf = {0: Profile.load().lane("opt-13b", "A100-80GB", 1)}
+    spec = build_spec_policy({"name": "gpu_policies:BatchStep", "k_single": 3, "k_batched": 1}, perf, k_max=4)
+    assert (spec.k_max, spec.k_single, spec.k_batched) == (4, 3, 1)
+    with pytest.raises(PolicyError, match=r"spec_policy.name: cannot import 'nowhere:Nothing'"):
+        build_spec_policy({"name": "nowhere:Nothing"}, perf, k_max=4)

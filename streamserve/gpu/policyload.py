@@ -1,18 +1,16 @@
 """Build the policy objects of a live deployment from its config.
 
 The registry (``streamserve.policies.registry``) is the only source of policies, as in
-the simulator. A name of the form ``module:attr`` is imported instead: the way to try
-a policy of one's own on live engines without editing the registry (tests use it to
-drive k on a known schedule).
+the simulator (a name of the form ``module:attr`` there imports a policy of one's own;
+tests use that to drive k on a known schedule).
 """
 from __future__ import annotations
 
-import importlib
 from typing import Any, Mapping
 
 from streamserve.perfmodel import LanePerf, Profile
 from streamserve.policies.base import Router, Scheduler, SpecPolicy
-from streamserve.policies.registry import PolicyError, build_router, build_scheduler, build_spec_policy
+from streamserve.policies.registry import build_router, build_scheduler, build_spec_policy
 
 
 def lane_perf(perf_conf: Mapping[str, Any], lanes: list[tuple[int, int]], draft: str | None) -> dict[int, LanePerf]:
@@ -22,30 +20,11 @@ def lane_perf(perf_conf: Mapping[str, Any], lanes: list[tuple[int, int]], draft:
     return {lane_id: profile.lane(perf_conf["model"], perf_conf["gpu"], tp, draft) for lane_id, tp in lanes}
 
 
-def _imported(name: str) -> Any:
-    module, _, attr = name.partition(":")
-    try:
-        return getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as e:
-        raise PolicyError(f"spec_policy.name: cannot import {name!r} ({e})") from None
-
-
-def spec_policy(params: Mapping[str, Any], perf: Mapping[int, LanePerf], k_max: int) -> SpecPolicy:
-    params = dict(params)
-    if ":" in params["name"]:
-        factory = _imported(params.pop("name"))
-        try:
-            return factory(k_max=k_max, **params)
-        except (TypeError, ValueError) as e:
-            raise PolicyError(f"spec_policy: {e}") from None
-    return build_spec_policy(params, perf, k_max)
-
-
 def build_engine_spec_policy(conf: Mapping[str, Any], k_max: int) -> SpecPolicy:
     """The spec policy of one engine, from the JSON the engine finds in its environment."""
     lane_id = int(conf["lane_id"])
     perf = lane_perf(conf["perf"], [(lane_id, int(conf.get("tp", 1)))], conf.get("draft"))
-    return spec_policy(conf["policy"], perf, k_max)
+    return build_spec_policy(conf["policy"], perf, k_max)
 
 
 def build_front_policies(router_conf: Mapping[str, Any], scheduler_conf: Mapping[str, Any],
