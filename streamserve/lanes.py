@@ -2,8 +2,8 @@
 
 A lane is one unit of serving capacity (one engine on one or more GPUs). Policies see a
 lane only as a ``LaneStats`` snapshot taken by the runtime and act only through the
-actions in ``streamserve.policies.base``; the runtime turns those actions into calls
-on its ``Lane`` objects. That split is what lets the same policy objects drive a SimPy
+actions in ``streamserve.policies.base``, which the runtime carries out on its engines
+(simulated or real). That split is what lets the same policy objects drive a SimPy
 model and real vLLM engines.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 from typing import NamedTuple, Protocol
 
-from streamserve.request import Phase, Request
+from streamserve.request import Phase
 
 
 class LaneRole(enum.Enum):
@@ -65,15 +65,13 @@ class LaneStats(NamedTuple):
 
 
 class Lane(Protocol):
-    """What a runtime implements for each engine. Policies never hold one."""
+    """What each runtime's lane object offers (``sim.lane.SimLane``, ``gpu.lanes.LiveLane``).
+
+    Policies never hold one: they get ``stats()`` snapshots, and the runtime carries out
+    the actions they return (a simulated queue, or an HTTP request to an engine).
+    """
 
     lane_id: int
     role: LaneRole
 
     def stats(self) -> LaneStats: ...
-
-    def submit(self, request: Request, phase: Phase) -> None:
-        """Queue ``request`` here; for a decode lane this starts its KV transfer."""
-
-    def cancel(self, request: Request) -> bool:
-        """Drop ``request`` from this lane; True if it was here."""

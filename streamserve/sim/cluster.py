@@ -50,10 +50,7 @@ class _View:
 
     def __init__(self, cluster: "Cluster") -> None:
         self.disaggregated = cluster.disaggregated
-        self._by_phase = {
-            Phase.PREFILL: [lane for lane in cluster.lanes if lane.role is not LaneRole.DECODE],
-            Phase.DECODE: [lane for lane in cluster.lanes if lane.role is not LaneRole.PREFILL],
-        }
+        self._by_phase = {phase: [lane for lane in cluster.lanes if lane.role.serves(phase)] for phase in Phase}
         self._partner = cluster.partner
 
     def lanes(self, phase: Phase) -> Sequence[LaneStats]:
