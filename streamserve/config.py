@@ -82,6 +82,15 @@ class FaultConfig(_Strict):
     factor: float = Field(2.0, ge=1)  # slowdown factor, for kind=slow
 
 
+def check_role_mix(roles: set[str], field: str) -> None:
+    """Colocated lanes alone, or prefill and decode lanes together: the two shapes both
+    runtimes know how to drive."""
+    if "colocated" in roles and len(roles) > 1:
+        raise ValueError(f"{field}: mix colocated lanes with prefill/decode lanes in separate clusters")
+    if roles & {"prefill", "decode"} and roles != {"prefill", "decode"}:
+        raise ValueError(f"{field}: a disaggregated cluster needs at least one prefill and one decode lane")
+
+
 class SLOConfig(_Strict):
     ttft_ms: float | None = Field(None, gt=0)
     tpot_ms: float | None = Field(None, gt=0)
@@ -105,11 +114,7 @@ class ClusterConfig(_Strict):
 
     @model_validator(mode="after")
     def _check_roles(self) -> "ClusterConfig":
-        roles = {lane.role for lane in self.lanes}
-        if "colocated" in roles and len(roles) > 1:
-            raise ValueError("lanes: mix colocated lanes with prefill/decode lanes in separate clusters")
-        if roles & {"prefill", "decode"} and roles != {"prefill", "decode"}:
-            raise ValueError("lanes: a disaggregated cluster needs at least one prefill and one decode lane")
+        check_role_mix({lane.role for lane in self.lanes}, "lanes")
         for i, lane in enumerate(self.lanes):
             try:
                 EngineConfig(**{**self.engine.model_dump(), **lane.engine})

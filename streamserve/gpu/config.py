@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from streamserve.config import PolicyConfig, parse_as, read_mapping
+from streamserve.config import PolicyConfig, check_role_mix, parse_as, read_mapping
 
 
 class _Strict(BaseModel):
@@ -102,11 +102,7 @@ class LiveConfig(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> "LiveConfig":
-        roles = {e.role for e in self.engines}
-        if "colocated" in roles and len(roles) > 1:
-            raise ValueError("engines: mix colocated engines with prefill/decode engines in separate configs")
-        if roles & {"prefill", "decode"} and roles != {"prefill", "decode"}:
-            raise ValueError("engines: a disaggregated deployment needs at least one prefill and one decode engine")
+        check_role_mix({e.role for e in self.engines}, "engines")
         seen = {self.frontend.port}
         for i, e in enumerate(self.engines):
             if e.port in seen:

@@ -91,6 +91,14 @@ class _Counts:
         self.f = 0.0
         self.alpha = alpha
 
+    def update(self, accepted: int, seqs: float, k: int, decay: float, strength: float, prior: float) -> None:
+        """Fold in one step; the estimate shrinks towards ``prior`` with weight ``strength``.
+
+        Expected rejections: a sequence stops early with probability 1 - alpha^k."""
+        self.s = self.s * decay + accepted
+        self.f = self.f * decay + seqs * (1.0 - min(self.alpha, ALPHA_CAP) ** k)
+        self.alpha = (self.s + strength * prior) / (self.s + self.f + strength)
+
 class SpecuStream(SpecPolicy):
     name = "specustream"
     REFRESH = 8  # steps a decision is reused while the batch keeps its size and class mix
@@ -159,17 +167,12 @@ class SpecuStream(SpecPolicy):
             pool = self._pool_counts.get(cls)
             if pool is None:
                 pool = self._pool_counts[cls] = _Counts(self.prior_alpha)
-            # expected rejections: a sequence stops early with probability 1 - alpha^k
-            pool.s = pool.s * decay + accepted
-            pool.f = pool.f * decay + seqs * (1.0 - min(pool.alpha, ALPHA_CAP) ** k)
-            pool.alpha = (pool.s + m * self.prior_alpha) / (pool.s + pool.f + m)
+            pool.update(accepted, seqs, k, decay, m, self.prior_alpha)
             key = (obs.lane_id, cls)
             lane = self._lane_counts.get(key)
             if lane is None:
                 lane = self._lane_counts[key] = _Counts(pool.alpha)
-            lane.s = lane.s * decay + accepted
-            lane.f = lane.f * decay + seqs * (1.0 - min(lane.alpha, ALPHA_CAP) ** k)
-            lane.alpha = (lane.s + m * pool.alpha) / (lane.s + lane.f + m)
+            lane.update(accepted, seqs, k, decay, m, pool.alpha)
 
     # ------------------------------------------------------------ decision
     def _rate(self, terms: list[tuple[float, int]], batch: int, k: int, t0: float, dt: float) -> float:
