@@ -2,7 +2,6 @@
 what the engine's spec-decode counters must show."""
 from __future__ import annotations
 
-from streamserve.lanes import LaneStats
 from streamserve.policies.base import SpecPolicy
 
 
@@ -16,6 +15,6 @@ class BatchStep(SpecPolicy):
         self.k_single = k_single
         self.k_batched = k_batched
 
-    def depth(self, lane: LaneStats, batch_size: int, context_tokens: int, now: float,
+    def depth(self, lane_id: int, batch_size: int, context_tokens: int, now: float,
               classes: dict[str, int] | None = None) -> int:
         return self.k_single if batch_size <= 1 else self.k_batched

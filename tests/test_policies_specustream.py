@@ -28,7 +28,7 @@ def drive(policy: SpecuStream, alphas: list[float], batch: int, steps_each: int,
     ks = []
     for alpha in alphas:
         for i in range(steps_each):
-            k = policy.depth(LANE, batch, context, float(i), {cls: batch})
+            k = policy.depth(LANE.lane_id, batch, context, float(i), {cls: batch})
             ks.append(k)
             accepted = 0
             if k:
@@ -96,8 +96,8 @@ def test_class_mix_in_the_batch_moves_k() -> None:
     for i in range(200):
         policy.observe(StepObservation(1, 4, 32, 32000, 128 * 2, 0, 0.05, float(i),
                                        {"chat": (128, 16), "code": (128, 110)}))
-    low = policy.depth(LANE, 32, 32000, 0.0, {"chat": 30, "code": 2})
-    high = policy.depth(LANE, 32, 32000, 1.0, {"chat": 2, "code": 30})
+    low = policy.depth(LANE.lane_id, 32, 32000, 0.0, {"chat": 30, "code": 2})
+    high = policy.depth(LANE.lane_id, 32, 32000, 1.0, {"chat": 2, "code": 30})
     assert low < high
 
 
@@ -110,9 +110,9 @@ def test_k_always_within_bounds(batch: int, context: int, k_max: int, obs, class
     for k, n, frac in obs:
         k = min(k, k_max)
         policy.observe(StepObservation(1, k, n, context, k * n, int(frac * k * n), 0.03, 0.0))
-        d = policy.depth(LANE, batch, context, 0.0, classes)
+        d = policy.depth(LANE.lane_id, batch, context, 0.0, classes)
         assert 0 <= d <= k_max
-    assert 0 <= policy.depth(LANE, batch, context, 0.0, classes) <= k_max
+    assert 0 <= policy.depth(LANE.lane_id, batch, context, 0.0, classes) <= k_max
 
 
 def test_expected_tokens_formula() -> None:
@@ -122,13 +122,13 @@ def test_expected_tokens_formula() -> None:
 
 
 def test_baselines() -> None:
-    assert NoSpeculation().depth(LANE, 8, 100, 0.0) == 0
-    assert FixedDepth(k_max=8, k=4).depth(LANE, 8, 100, 0.0) == 4
-    assert FixedDepth(k_max=3, k=4).depth(LANE, 8, 100, 0.0) == 3
+    assert NoSpeculation().depth(LANE.lane_id, 8, 100, 0.0) == 0
+    assert FixedDepth(k_max=8, k=4).depth(LANE.lane_id, 8, 100, 0.0) == 4
+    assert FixedDepth(k_max=3, k=4).depth(LANE.lane_id, 8, 100, 0.0) == 3
     table = BatchSizeTable(k_max=6, table=[[1, 1, 5], [2, 6, 3], [7, 20, 9]])
-    assert [table.depth(LANE, b, 0, 0.0) for b in (1, 2, 6, 7, 21)] == [5, 3, 3, 6, 6]
+    assert [table.depth(LANE.lane_id, b, 0, 0.0) for b in (1, 2, 6, 7, 21)] == [5, 3, 3, 6, 6]
     default = BatchSizeTable(k_max=8)
-    assert default.depth(LANE, 1, 0, 0.0) == 5 and default.depth(LANE, 200, 0, 0.0) == 0
+    assert default.depth(LANE.lane_id, 1, 0, 0.0) == 5 and default.depth(LANE.lane_id, 200, 0, 0.0) == 0
     with pytest.raises(ValueError, match=r"table\[0\]"):
         BatchSizeTable(k_max=4, table=[[3, 1, 2]])
 
@@ -136,7 +136,7 @@ def test_baselines() -> None:
 def test_registry_builds_spec_policies_by_name() -> None:
     perf = {1: PERF}
     assert isinstance(build_spec_policy({"name": "specustream", "decay": 0.9}, perf, 8), SpecuStream)
-    assert build_spec_policy({"name": "none"}, perf, 8).depth(LANE, 1, 10, 0.0) == 0
+    assert build_spec_policy({"name": "none"}, perf, 8).depth(LANE.lane_id, 1, 10, 0.0) == 0
     assert isinstance(build_spec_policy({"name": "batch_table"}, perf, 8), BatchSizeTable)
     with pytest.raises(PolicyError, match="decay"):
         build_spec_policy({"name": "specustream", "decay": 1.5}, perf, 8)
@@ -160,5 +160,5 @@ def test_climb_finds_the_brute_force_optimum_for_class_mixes(rates, counts, cont
     batch = sum(mix.values())
     alphas = {c: policy.alpha(1, c) for c in names}
     best, values = best_depth(PERF, batch, context, alphas, mix, K_MAX, objective=objective)
-    k = policy.depth(LANE, batch, context, 0.0, mix)
+    k = policy.depth(LANE.lane_id, batch, context, 0.0, mix)
     assert values[k] >= values[best] * (1 - 1e-9)

@@ -26,10 +26,7 @@ from typing import Any
 from vllm.v1.core.sched.scheduler import Scheduler
 
 from streamserve.gpu.policyload import build_engine_spec_policy
-from streamserve.lanes import LaneRole, LaneStats
 from streamserve.policies.base import SpecPolicy, StepObservation
-
-ACCEPT_SMOOTHING = 0.9  # EWMA weight of the past in the acceptance and step-time signals
 
 
 class _PolicyLookup:
@@ -63,28 +60,17 @@ class SpecuStreamScheduler(Scheduler):
         self._k_prev = 0  # depth the drafts being verified now were made with
         self._last_logged_k: int | None = None
         self._step_start = 0.0
-        self._step_time = 0.0
-        self._acceptance: float | None = None
         self._drafted = 0
         self._accepted = 0
         self.dynamic_sd_lookup = _PolicyLookup(self)  # type: ignore[assignment]
 
     # ------------------------------------------------------------ decisions
-    def _stats(self) -> LaneStats:
-        return LaneStats(
-            lane_id=self.lane_id, role=LaneRole.DECODE,
-            num_waiting=len(self.waiting), num_running=len(self.running),
-            kv_usage=float(self.kv_cache_manager.usage), max_num_seqs=self.max_num_seqs,
-            step_time=self._step_time, acceptance_rate=self._acceptance, spec_k=self._k_now,
-            context_tokens=self._context_tokens(),
-        )
-
     def _context_tokens(self) -> int:
         return sum(r.num_computed_tokens for r in self.running)
 
     def choose_k(self, batch_size: int) -> int:
         now = time.monotonic() - self._t0
-        k = self.policy.depth(self._stats(), batch_size, self._context_tokens(), now)
+        k = self.policy.depth(self.lane_id, batch_size, self._context_tokens(), now)
         k = max(0, min(int(k), self.k_cap))
         self._k_now = k
         if k != self._last_logged_k:
@@ -130,11 +116,6 @@ class SpecuStreamScheduler(Scheduler):
         if batch == 0:
             return outputs
         duration = end - self._step_start
-        a = ACCEPT_SMOOTHING
-        self._step_time = duration if self._step_time == 0.0 else a * self._step_time + (1 - a) * duration
-        if self._drafted > 0:
-            rate = self._accepted / self._drafted
-            self._acceptance = rate if self._acceptance is None else a * self._acceptance + (1 - a) * rate
         if self.steps_path is not None:
             self._log_step({"dt": duration, "tokens": scheduler_output.total_num_scheduled_tokens, "batch": batch,
                             "k": self._k_prev, "context": self._context_tokens(), "drafted": self._drafted,

@@ -105,9 +105,15 @@ class SpecPolicy(ABC):
     k_max: int = 0
 
     @abstractmethod
-    def depth(self, lane: LaneStats, batch_size: int, context_tokens: int, now: float,
+    def depth(self, lane_id: int, batch_size: int, context_tokens: int, now: float,
               classes: dict[str, int] | None = None) -> int:
-        """k for the next step, in ``[0, k_max]``; ``classes`` counts the batch by dataset."""
+        """k for the next step on lane ``lane_id``, in ``[0, k_max]``; ``classes`` counts
+        the batch by dataset.
+
+        It runs before every engine step, so it gets plain numbers rather than a
+        ``LaneStats`` snapshot (building one per step would cost more than most decisions).
+        The runtime reserves KV for ``k_max`` draft tokens per sequence whatever k is, as
+        vLLM reserves lookahead slots for its drafter."""
 
     def observe(self, obs: StepObservation) -> None:
         """Learn from a finished step."""

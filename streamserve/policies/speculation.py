@@ -1,7 +1,6 @@
 """Baseline speculation-depth policies."""
 from __future__ import annotations
 
-from streamserve.lanes import LaneStats
 from streamserve.policies.base import SpecPolicy
 
 
@@ -16,7 +15,7 @@ class FixedDepth(SpecPolicy):
         self.k_max = k_max
         self.k = min(k, k_max)
 
-    def depth(self, lane: LaneStats, batch_size: int, context_tokens: int, now: float,
+    def depth(self, lane_id: int, batch_size: int, context_tokens: int, now: float,
               classes: dict[str, int] | None = None) -> int:
         return self.k
 
@@ -29,7 +28,7 @@ class NoSpeculation(SpecPolicy):
     def __init__(self, k_max: int = 0) -> None:
         self.k_max = k_max
 
-    def depth(self, lane: LaneStats, batch_size: int, context_tokens: int, now: float,
+    def depth(self, lane_id: int, batch_size: int, context_tokens: int, now: float,
               classes: dict[str, int] | None = None) -> int:
         return 0
 
@@ -57,7 +56,7 @@ class BatchSizeTable(SpecPolicy):
         self.k_max = k_max
         self.table = [(low, high, min(k, k_max)) for low, high, k in sorted(rows)]
 
-    def depth(self, lane: LaneStats, batch_size: int, context_tokens: int, now: float,
+    def depth(self, lane_id: int, batch_size: int, context_tokens: int, now: float,
               classes: dict[str, int] | None = None) -> int:
         for low, high, k in self.table:
             if low <= batch_size <= high:

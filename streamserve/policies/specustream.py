@@ -47,7 +47,6 @@ from __future__ import annotations
 
 from typing import Mapping
 
-from streamserve.lanes import LaneStats
 from streamserve.perfmodel import LanePerf
 from streamserve.policies.base import SpecPolicy, StepObservation
 
@@ -99,6 +98,20 @@ class _Counts:
         self.f = self.f * decay + seqs * (1.0 - min(self.alpha, ALPHA_CAP) ** k)
         self.alpha = (self.s + strength * prior) / (self.s + self.f + strength)
 
+class _LaneState:
+    """What SpecuStream remembers about one lane between steps."""
+
+    __slots__ = ("batch", "classes", "age", "k", "idle", "single")
+
+    def __init__(self) -> None:
+        self.batch = -1  # batch size of the cached decision
+        self.classes: dict[str, int] = {}  # class counts of the cached decision
+        self.age = 0  # steps the cached decision has been reused
+        self.k = -1  # the decision (-1: none yet)
+        self.idle = 0  # consecutive k = 0 steps
+        self.single = ALL  # the one class of the last batch, if it had one
+
+
 class SpecuStream(SpecPolicy):
     name = "specustream"
     REFRESH = 8  # steps a decision is reused while the batch keeps its size and class mix
@@ -133,10 +146,7 @@ class SpecuStream(SpecPolicy):
         self.objective = objective
         self._lane_counts: dict[tuple[int, str], _Counts] = {}
         self._pool_counts: dict[str, _Counts] = {}
-        self._last_k: dict[int, int] = {}
-        self._idle: dict[int, int] = {}  # consecutive k = 0 steps per lane
-        self._single: dict[int, str] = {}  # lane -> the one class of its last batch, if it had one
-        self._cache: dict[int, tuple[tuple, int, int]] = {}  # lane -> (batch signature, age, k)
+        self._lanes: dict[int, _LaneState] = {}
 
     # ------------------------------------------------------------ estimates
     def pooled_alpha(self, cls: str) -> float:
@@ -156,23 +166,23 @@ class SpecuStream(SpecPolicy):
         if k <= 0 or obs.drafted <= 0:
             return
         if obs.by_class:
-            groups = obs.by_class
+            for cls, (drafted, accepted) in obs.by_class.items():
+                if drafted > 0:
+                    self._fold(obs.lane_id, cls, drafted / k, accepted, k)
         else:  # a batch of one class is reported without a split: it is the class depth() saw
-            groups = {self._single.get(obs.lane_id, ALL): (obs.drafted, obs.accepted)}
-        decay, m = self.decay, self.prior_strength
-        for cls, (drafted, accepted) in groups.items():
-            if drafted <= 0:
-                continue
-            seqs = drafted / k
-            pool = self._pool_counts.get(cls)
-            if pool is None:
-                pool = self._pool_counts[cls] = _Counts(self.prior_alpha)
-            pool.update(accepted, seqs, k, decay, m, self.prior_alpha)
-            key = (obs.lane_id, cls)
-            lane = self._lane_counts.get(key)
-            if lane is None:
-                lane = self._lane_counts[key] = _Counts(pool.alpha)
-            lane.update(accepted, seqs, k, decay, m, pool.alpha)
+            st = self._lanes.get(obs.lane_id)
+            self._fold(obs.lane_id, ALL if st is None else st.single, obs.drafted / k, obs.accepted, k)
+
+    def _fold(self, lane_id: int, cls: str, seqs: float, accepted: int, k: int) -> None:
+        pool = self._pool_counts.get(cls)
+        if pool is None:
+            pool = self._pool_counts[cls] = _Counts(self.prior_alpha)
+        pool.update(accepted, seqs, k, self.decay, self.prior_strength, self.prior_alpha)
+        key = (lane_id, cls)
+        lane = self._lane_counts.get(key)
+        if lane is None:
+            lane = self._lane_counts[key] = _Counts(pool.alpha)
+        lane.update(accepted, seqs, k, self.decay, self.prior_strength, pool.alpha)
 
     # ------------------------------------------------------------ decision
     def _rate(self, terms: list[tuple[float, int]], batch: int, k: int, t0: float, dt: float) -> float:
@@ -189,30 +199,43 @@ class SpecuStream(SpecPolicy):
             acc += n * (1.0 - a ** (k + 1)) / (1.0 - a)
         return acc / (t0 + k * dt)
 
-    def depth(self, lane: LaneStats, batch_size: int, context_tokens: int, now: float,
+    def depth(self, lane_id: int, batch_size: int, context_tokens: int, now: float,
               classes: dict[str, int] | None = None) -> int:
         if self.k_max == 0 or batch_size <= 0:
             return 0
-        lid = lane.lane_id
+        st = self._lanes.get(lane_id)
+        if st is None:
+            st = self._lanes[lane_id] = _LaneState()
         # The decision moves only when the batch or the estimates move; estimates move
         # slowly, so while the batch keeps its class counts it is refreshed every
         # ``REFRESH`` steps only (context grows slowly too).
-        sig = (batch_size, tuple(classes.values()) if classes else ())
-        cached = self._cache.get(lid)
-        if cached is not None and cached[0] == sig and cached[1] < self.REFRESH:
-            self._cache[lid] = (sig, cached[1] + 1, cached[2])
-            return self._finish(lid, cached[2])
+        if st.batch == batch_size and st.age < self.REFRESH and (st.classes == classes if classes else not st.classes):
+            st.age += 1
+            best = st.k
+        else:
+            best = self._decide(st, lane_id, batch_size, context_tokens, classes)
+        if best == 0:  # every ``probe_every`` consecutive steps at k = 0, run one at k = 1
+            st.idle += 1
+            if st.idle >= self.probe_every:
+                st.idle = 0
+                return 1
+        else:
+            st.idle = 0
+        return best
+
+    def _decide(self, st: _LaneState, lid: int, batch_size: int, context_tokens: int,
+                classes: dict[str, int] | None) -> int:
+        st.batch, st.classes, st.age = batch_size, dict(classes) if classes else {}, 1
         perf = self.perf.get(lid, self._default_perf)
         t0 = perf.decode_time(batch_size, context_tokens, 0)
         # T(k) = t0 + k * dt: one more verify token per sequence and one draft pass per depth
         dt = perf.decode_time(batch_size, context_tokens, 1) - t0 + perf.draft_time(batch_size, context_tokens, 1)
         counts, pools, prior = self._lane_counts, self._pool_counts, self.prior_alpha
         if classes and len(classes) == 1:
-            cls = next(iter(classes))
-            self._single[lid] = cls
+            st.single = cls = next(iter(classes))
             classes = {cls: batch_size}
         else:
-            self._single.pop(lid, None)
+            st.single = ALL
         if not classes:
             classes = {ALL: batch_size}
         terms = []
@@ -222,10 +245,11 @@ class SpecuStream(SpecPolicy):
                 a = prior if c is None else c.alpha
                 terms.append((a if a < ALPHA_CAP else ALPHA_CAP, n))
         if not terms:
+            st.k = 0
             return 0
         rate = self._rate
-        prev = self._last_k.get(lid)
-        if prev is None or prev > self.k_max:
+        prev = st.k
+        if prev < 0 or prev > self.k_max:
             prev = min(self.k_max, 4)
         # Climb from the previous k: the objective is unimodal in k (tokens per step are
         # concave in k, step time linear), so the local optimum is the global one, and it
@@ -245,18 +269,5 @@ class SpecuStream(SpecPolicy):
                 best, f_best = best - 1, f
         if f_best <= f_prev * (1.0 + self.switch_margin):
             best = prev  # not worth a switch
-        self._last_k[lid] = best
-        self._cache[lid] = (sig, 1, best)
-        return self._finish(lid, best)
-
-    def _finish(self, lid: int, best: int) -> int:
-        """Every ``probe_every`` consecutive steps at k = 0, run one at k = 1."""
-        if best == 0:
-            idle = self._idle.get(lid, 0) + 1
-            if idle >= self.probe_every:
-                self._idle[lid] = 0
-                return 1
-            self._idle[lid] = idle
-        else:
-            self._idle[lid] = 0
+        st.k = best
         return best

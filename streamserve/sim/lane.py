@@ -100,8 +100,15 @@ class SimLane:
 
         # signals and accounting
         self.step_ewma = 0.0
-        self.util = 0.0
         self.last_end = 0.0
+        # Utilisation is kept lazily: the busy stretch under way started at ``busy_from``
+        # with utilisation ``util0``; ``stats()`` works out the value at ``last_end``.
+        self.busy_from = 0.0
+        self.util0 = 0.0
+        # KV slots reserved per decoding sequence beyond its context: the verify tokens
+        # of the deepest step the policy may choose (vLLM reserves its drafter's
+        # lookahead slots whatever depth a step uses).
+        self.reserve = (self.spec.k_max if self.spec is not None else 0) + 1
         self.accept_ewma: float | None = None
         self.k = 0
         self.busy_time = 0.0
@@ -114,6 +121,17 @@ class SimLane:
         self.process = env.process(self._loop())
 
     # ------------------------------------------------------------ policy view
+    @property
+    def util(self) -> float:
+        """Busy fraction over the last ``UTIL_WINDOW`` seconds, at the end of the latest step."""
+        return 1.0 - (1.0 - self.util0) * math.exp((self.busy_from - self.last_end) / UTIL_WINDOW)
+
+    def _start_step(self, now: float) -> None:
+        """Account for the idle gap (if any) before a step that starts at ``now``."""
+        if now > self.last_end:
+            self.util0 = self.util * math.exp((self.last_end - now) / UTIL_WINDOW)
+            self.busy_from = now
+
     def stats(self) -> LaneStats:
         return LaneStats(
             self.lane_id, self.role, self.healthy,
@@ -200,6 +218,11 @@ class SimLane:
         self.used_blocks += need
         return True
 
+    def _reserve(self, seq: Seq) -> int:
+        """KV slots a decoding sequence needs beyond its context before a step (never
+        past its last token, so a request that fits the lane can always finish)."""
+        return self.reserve if seq.left > self.reserve else seq.left
+
     def _start_decoding(self, seq: Seq) -> None:
         seq.decoding = True
         self.dec.append(seq)
@@ -257,6 +280,7 @@ class SimLane:
         running, dec = self.running, self.dec
         no_joiners: list[Seq] = []
         now = env.now  # the lane's clock: ahead of env.now while it runs steps nobody can observe
+        fast = True
         while True:
             if not self.healthy or not (running or self.waiting or self.ready):
                 self._wake = env.event()
@@ -264,6 +288,11 @@ class SimLane:
                 self._wake = None
                 now = env.now
                 continue
+            if fast and dec and len(dec) == len(running) and not self.ready and not self.waiting:
+                now = yield from self._decode_steps(now)
+                fast = False  # it stopped for a reason the general step handles: take one
+                continue
+            fast = True
             # Sequences whose KV arrived join the batch first.
             joiners = no_joiners
             if self.ready:
@@ -277,20 +306,20 @@ class SimLane:
             budget = self.max_tokens
             k = 0
             if dec:
-                if self.spec is not None:
-                    k = self.spec.depth(self.stats(), len(dec), self.ctx_dec, now, self.class_counts)
-                    if len(dec) * (k + 1) > budget:  # the engine cannot verify more than its budget
-                        k = budget // len(dec) - 1
-                k1 = k + 1
-                for seq in [s for s in dec if s.ctx + k1 > s.cap]:
+                for seq in [s for s in dec if s.ctx + self._reserve(s) > s.cap]:
                     if not seq.decoding:
                         continue  # preempted below while making room for another
-                    while not self._grow(seq, seq.ctx + k1):
+                    while not self._grow(seq, seq.ctx + self._reserve(seq)):
                         victim = running[-1]
                         self._preempt(victim, now)
                         if victim is seq:
                             break
-                budget -= len(dec) * k1
+            if dec:
+                if self.spec is not None:
+                    k = self.spec.depth(self.lane_id, len(dec), self.ctx_dec, now, self.class_counts)
+                    if len(dec) * (k + 1) > budget:  # the engine cannot verify more than its budget
+                        k = budget // len(dec) - 1
+                budget -= len(dec) * (k + 1)
 
             chunks: list[tuple[Seq, int]] = []
             prefill_tokens = 0
@@ -339,11 +368,7 @@ class SimLane:
 
             ctx = self.ctx_dec
             dt = self.perf.step_time(prefill_tokens, prefill_sq, n, ctx, k) * self.slow
-            idle = now - self.last_end
-            if idle > 0:
-                self.util *= math.exp(-idle / UTIL_WINDOW)
-            decay = math.exp(-dt / UTIL_WINDOW)
-            self.util = self.util * decay + (1.0 - decay)
+            self._start_step(now)
             end = now + dt
             # Run ahead: if no other event is due before this step ends, nothing can see
             # the lane mid-step, so its results are applied at once and SimPy is only
@@ -457,3 +482,107 @@ class SimLane:
                     yield env.timeout(end - env.now)
                 cluster.after_step(self, done_prefill, finished, end)
             now = end
+
+    def _decode_steps(self, now: float):
+        """Steps of a batch that only decodes, the simulator's commonest case, for as long
+        as it stays one (no prompt, no arrived KV, lane healthy and memory enough); returns
+        the lane clock. The same step as ``_loop``'s general one, with all that cannot
+        happen here left out: it is where most of a simulation's time goes."""
+        env, cluster, spec, perf = self.env, self.cluster, self.spec, self.perf
+        dec, running = self.dec, self.running
+        rnd, log = self.rng.random, math.log
+        bulk = cluster.itl_bulk
+        lane_id, budget, reserve = self.lane_id, self.max_tokens, self.reserve
+        grow = True
+        while dec and len(dec) == len(running) and self.healthy and not self.ready and not self.waiting:
+            if grow:
+                for seq in dec:
+                    left = seq.left
+                    need = seq.ctx + (reserve if left > reserve else left)
+                    if need > seq.cap and not self._grow(seq, need):
+                        return now  # memory is short: the general step preempts
+                self._note_blocks()
+                grow = False
+            n = len(dec)
+            ctx = self.ctx_dec
+            k = 0
+            if spec is not None:
+                k = spec.depth(lane_id, n, ctx, now, self.class_counts)
+                if n * (k + 1) > budget:
+                    k = budget // n - 1
+            dt = perf.step_time(0, 0.0, n, ctx, k) * self.slow
+            if now > self.last_end:
+                self._start_step(now)
+            end = now + dt
+            deferred = end >= env.peek()
+            if deferred:
+                epoch = self.epoch
+                yield env.timeout(end - env.now)
+                if epoch != self.epoch:
+                    return env.now  # failed mid-step: the cluster already took every request
+                end = env.now
+            self.last_end = end
+            self.busy_time += dt
+            self.steps += 1
+            self.batch_sum += n
+            self.step_ewma = dt if self.steps == 1 else self.step_ewma + STEP_EWMA * (dt - self.step_ewma)
+
+            finished: list[Seq] = []
+            accepted = added = 0
+            if k:
+                by_class: dict[str, list[int]] | None = {} if len(self.class_counts) > 1 else None
+                for seq in dec:
+                    g = int(log(1.0 - rnd()) / seq.log_alpha)
+                    if g > k:
+                        g = k
+                    accepted += g
+                    if by_class is not None:
+                        c = by_class.setdefault(seq.req.dataset, [0, 0])
+                        c[0] += k
+                        c[1] += g
+                    left = seq.left
+                    tokens = g + 1 if g < left else left
+                    left -= tokens
+                    seq.left = left
+                    seq.ctx += tokens
+                    added += tokens
+                    if not left:
+                        finished.append(seq)
+                    elif seq.ctx + reserve > seq.cap:
+                        grow = True
+            else:
+                by_class = None
+                for seq in dec:
+                    seq.ctx += 1
+                    seq.left -= 1
+                    if not seq.left:
+                        finished.append(seq)
+                    elif seq.ctx + reserve > seq.cap:
+                        grow = True
+                added = n
+            self.ctx_dec += added
+            bulk.append((dt, n))
+            if k:
+                drafted = k * n
+                self.drafted += drafted
+                self.accepted += accepted
+                rate = accepted / drafted
+                self.accept_ewma = rate if self.accept_ewma is None else self.accept_ewma + ACCEPT_EWMA * (rate - self.accept_ewma)
+            if spec is not None:
+                spec.observe(StepObservation(
+                    lane_id, k, n, ctx, k * n, accepted, dt, end,
+                    None if by_class is None else {c: (v[0], v[1]) for c, v in by_class.items()}))
+                if k != self.k:
+                    cluster.k_trace.append((end, lane_id, k))
+            self.k = k
+            if finished:
+                for seq in finished:
+                    self._stop_decoding(seq)
+                    running.remove(seq)
+                    seq.req.generated = seq.req.output_len
+                    self.free_seq(seq)
+                if not deferred:
+                    yield env.timeout(end - env.now)
+                cluster.after_step(self, [], finished, end)
+            now = end
+        return now
