@@ -98,6 +98,7 @@ class _Counts:
         self.f = self.f * decay + seqs * (1.0 - min(self.alpha, ALPHA_CAP) ** k)
         self.alpha = (self.s + strength * prior) / (self.s + self.f + strength)
 
+
 class _LaneState:
     """What SpecuStream remembers about one lane between steps."""
 

@@ -53,8 +53,20 @@ class _View:
         self._by_phase = {phase: [lane for lane in cluster.lanes if lane.role.serves(phase)] for phase in Phase}
         self._partner = cluster.partner
 
+        self._snap: dict[Phase, tuple[LaneStats, ...]] = {}
+
+    def fresh(self) -> "_View":
+        """The view for one scheduler callback. Lanes do not change while a callback
+        runs (its actions are carried out after it returns), so each phase's snapshots
+        are taken once per callback however often the scheduler asks."""
+        self._snap.clear()
+        return self
+
     def lanes(self, phase: Phase) -> Sequence[LaneStats]:
-        return [lane.stats() for lane in self._by_phase[phase]]
+        snap = self._snap.get(phase)
+        if snap is None:
+            snap = self._snap[phase] = tuple([lane.stats() for lane in self._by_phase[phase]])
+        return snap
 
     def partner(self, lane_id: int) -> int | None:
         return self._partner.get(lane_id)
@@ -139,7 +151,7 @@ class Cluster:
     def _arrive(self, i: int, t: float) -> None:
         req = self.workload.request(i, t)
         self.requests[i] = req
-        self._execute(self.scheduler.on_arrival(req, t, self.view))
+        self._execute(self.scheduler.on_arrival(req, t, self.view.fresh()))
 
     # ------------------------------------------------------------ actions
     def _execute(self, actions: list[Action]) -> None:
@@ -217,19 +229,19 @@ class Cluster:
             req = seq.req
             if req.state is State.PREFILL and req.generated < req.output_len:
                 if lane.role is LaneRole.PREFILL:
-                    self._execute(scheduler.on_prefill_done(req, now, self.view))
+                    self._execute(scheduler.on_prefill_done(req, now, self.view.fresh()))
                 else:
                     req.state = State.DECODE
                     req.decode_start = now
                     req.decode_lane = lane.lane_id
-                    self._execute(scheduler.on_prefill_done(req, now, self.view))
+                    self._execute(scheduler.on_prefill_done(req, now, self.view.fresh()))
         for seq in finished:
             req = seq.req
             if req.state in (State.PREFILL, State.DECODE):
                 if req.decode_lane < 0:
                     req.decode_start = now  # one-token request: nothing to decode
                 self._settle(req, State.FINISHED, now=now)  # the lane's step end, exactly
-                self._execute(scheduler.on_finish(req, now, self.view))
+                self._execute(scheduler.on_finish(req, now, self.view.fresh()))
         if lane.role is LaneRole.DECODE:
             lane.admit_incoming()
         if len(self.itl_bulk) > ITL_FLUSH:
@@ -246,7 +258,7 @@ class Cluster:
 
     def _capacity_freed(self) -> None:
         if self.scheduler.pending:
-            self._execute(self.scheduler.on_capacity(self.env.now, self.view))
+            self._execute(self.scheduler.on_capacity(self.env.now, self.view.fresh()))
 
     # ------------------------------------------------------------ faults
     def _fault(self, lane_id: int, at: float, kind: str, duration: float | None, factor: float):
@@ -283,7 +295,7 @@ class Cluster:
             if flight is not None and flight[0] is not lane:
                 flight[0].used_blocks -= flight[1]
             self._reset(req)
-        self._execute(self.scheduler.on_lane_down(lane_id, lost, env.now, self.view))
+        self._execute(self.scheduler.on_lane_down(lane_id, lost, env.now, self.view.fresh()))
         for other in self.lanes:
             other.admit_incoming()
             other.wake()
