@@ -218,6 +218,14 @@ class SimLane:
         self.used_blocks += need
         return True
 
+    def _account(self, end: float, dt: float, batch: int) -> None:
+        """Book a finished step of ``batch`` sequences and ``dt`` seconds."""
+        self.last_end = end
+        self.busy_time += dt
+        self.steps += 1
+        self.batch_sum += batch
+        self.step_ewma = dt if self.steps == 1 else self.step_ewma + STEP_EWMA * (dt - self.step_ewma)
+
     def _reserve(self, seq: Seq) -> int:
         """KV slots a decoding sequence needs beyond its context before a step (never
         past its last token, so a request that fits the lane can always finish)."""
@@ -382,11 +390,7 @@ class SimLane:
                     now = env.now
                     continue  # failed mid-step: the cluster already took every request
                 end = env.now  # the same instant, without float drift against the clock
-            self.last_end = end
-            self.busy_time += dt
-            self.steps += 1
-            self.batch_sum += n + len(chunks)
-            self.step_ewma = dt if self.steps == 1 else self.step_ewma + STEP_EWMA * (dt - self.step_ewma)
+            self._account(end, dt, n + len(chunks))
 
             finished: list[Seq] = []
             gaps = cluster.itl_buffer
@@ -521,11 +525,7 @@ class SimLane:
                 if epoch != self.epoch:
                     return env.now  # failed mid-step: the cluster already took every request
                 end = env.now
-            self.last_end = end
-            self.busy_time += dt
-            self.steps += 1
-            self.batch_sum += n
-            self.step_ewma = dt if self.steps == 1 else self.step_ewma + STEP_EWMA * (dt - self.step_ewma)
+            self._account(end, dt, n)
 
             finished: list[Seq] = []
             accepted = added = 0
