@@ -138,3 +138,14 @@ def test_baselines_behave_as_named() -> None:
     assert build_router({"name": "queue_kv"}, PERFS).route(req(), kv, Phase.DECODE, 0) == 1
     rnd = build_router({"name": "random"}, PERFS, seed=5)
     assert {rnd.route(req(), lanes, Phase.PREFILL, 0) for _ in range(60)} == {0, 1, 2}
+
+
+def test_local_prefill_prediction_counts_the_draft_passes_of_the_batch_it_rides_with() -> None:
+    fg = FlowGuard(PERFS, local_prefill=True)
+    r = req(prompt=200)
+    busy = dict(num_running=8, context_tokens=8000)
+    deep = fg.predict_prefill(r, lane(1, LaneRole.DECODE, spec_k=8, **busy))
+    plain = fg.predict_prefill(r, lane(1, LaneRole.DECODE, spec_k=0, **busy))
+    # one iteration: the step with k = 8 is longer by its verify tokens and its 8 draft passes
+    assert deep - plain == pytest.approx(PERF.spec_step_time(8, 8000, 8) - PERF.spec_step_time(8, 8000, 0))
+    assert deep - plain > PERF.draft_time(8, 8000, 8)

@@ -263,3 +263,52 @@ def test_a_policy_of_ones_own_is_built_by_module_path() -> None:
     assert (spec.k_max, spec.k_single, spec.k_batched) == (4, 3, 1)
     with pytest.raises(PolicyError, match=r"spec_policy.name: cannot import 'nowhere:Nothing'"):
         build_spec_policy({"name": "nowhere:Nothing"}, perf, k_max=4)
+
+
+def _local_sched(**kw) -> StreamScheduler:
+    router = build_router({"name": "flowguard", "local_prefill": True, "local_max_prompt": 2048}, PERFS)
+    return StreamScheduler(router, PERFS, lane_backlog_tokens=1024, **kw)
+
+
+@pytest.mark.parametrize("order", ["fcfs", "edf"])
+def test_backfill_prefills_short_prompts_behind_a_stuck_long_head_on_decode_lanes(order: str) -> None:
+    s, v = _local_sched(order=order), View()
+    v.set(0, tokens_queued=6000, num_waiting=3)
+    v.set(2, tokens_queued=6000, num_waiting=3)
+    slo = SLO(ttft=1.0)
+    long_head = req(1, prompt=4000, arrival=0.0, slo=slo)  # over the local cap: only a prefill lane will do
+    assert s.on_arrival(long_head, 0.0, v) == []
+    assert s.on_arrival(req(2, prompt=50, arrival=0.1, slo=slo), 0.1, v) == []  # queued behind the head
+    assert s.on_arrival(req(3, prompt=3000, arrival=0.2, slo=slo), 0.2, v) == []
+    assert s.on_arrival(req(4, prompt=60, arrival=0.3, slo=slo), 0.3, v) == []
+    placed = s.on_capacity(0.4, v)
+    assert [a.request.id for a in placed] == [2, 4]
+    assert all(a.phase is Phase.PREFILL and a.lane_id in (1, 3) for a in placed)
+    assert s.pending == 2  # the head and the other long prompt keep their places, in order
+    v.set(0, tokens_queued=0, num_waiting=0)
+    assert [a.request.id for a in s.on_capacity(0.5, v)][:1] == [1]
+
+
+def test_without_backfill_the_stuck_head_blocks_the_queue() -> None:
+    s, v = _local_sched(backfill=0), View()
+    v.set(0, tokens_queued=6000, num_waiting=3)
+    v.set(2, tokens_queued=6000, num_waiting=3)
+    s.on_arrival(req(1, prompt=4000), 0.0, v)
+    s.on_arrival(req(2, prompt=50, arrival=0.1), 0.1, v)
+    assert s.on_capacity(0.4, v) == [] and s.pending == 2
+
+
+def test_backfill_looks_only_that_far_past_the_head() -> None:
+    s, v = _local_sched(backfill=2), View()
+    v.set(0, tokens_queued=6000, num_waiting=3)
+    v.set(2, tokens_queued=6000, num_waiting=3)
+    s.on_arrival(req(1, prompt=4000), 0.0, v)
+    for i in range(2, 6):
+        s.on_arrival(req(i, prompt=50, arrival=0.1 * i), 0.1 * i, v)
+    assert [a.request.id for a in s.on_capacity(1.0, v)] == [2, 3]
+
+
+def test_backfill_is_validated() -> None:
+    router = build_router({"name": "flowguard"}, PERFS)
+    with pytest.raises(PolicyError, match="backfill: must be >= 0, got -1"):
+        build_scheduler({"name": "stream", "backfill": -1}, router, PERFS)

@@ -33,8 +33,9 @@ predictor's blind spots (work a lane is doing right now, unknown output lengths)
 pressure (0.5) matters only near full, which its square makes so. Acceptance is already
 in the TPOT prediction, so its own weight is small (0.1). ``benchmarks/flowguard_weights.py``
 measured these weights against alternatives (results in
-``benchmarks/results/flowguard_weights.json``; 8000 requests x 3 seeds of the ablation's
-bursty ``paper`` workload): on a symmetric cluster every setting is within 3% of
+``benchmarks/results/flowguard_weights.json``, taken before the draft-pass fix and the
+scheduler's backfill below; 8000 requests x 3 seeds of the ablation's bursty ``paper``
+workload): on a symmetric cluster every setting is within 3% of
 round-robin on p99 E2E and 1% on goodput (routing has little to fix there; the defaults
 gave 20.7 s p99 against round-robin's 21.2 s), but with one decode lane at half speed
 the defaults gave the lowest p99 E2E and TPOT (26.8 s and 14.8 ms; round-robin 37.8 s
@@ -48,14 +49,26 @@ prefilled on a decode lane, which decodes it too with no KV transfer. Both paths
 costed whole: predicted TTFT (on a decode lane with its running batch riding along) plus
 predicted decode time (the best decode lane's, for the disaggregated path), and on the
 local path the delay the prefill puts on every sequence already in that decode batch.
-Measured by ``benchmarks/ablation_scenarios.py`` (bursty load, 10000 requests x 3
-seeds; ``benchmarks/results/ablation_scenarios.md``), against round-robin without local
-prefill on the symmetric cluster: goodput 7.54 against 6.06 requests/s, p99 TTFT 3.1
-against 3.8 s, but p99 E2E 3% longer (19.1 against 18.5 s). The tail is long
-summarisation outputs, and the prefills their decode steps now carry slow each of their
-tokens a little. A 1024-token cap without the batch-delay charge measured 3% more
-goodput and a p99 E2E 2% above round-robin's: on symmetric lanes neither setting beats
-round-robin's E2E tail reliably, while both win clearly on TTFT and goodput.
+Measured by ``benchmarks/ablation_scenarios.py`` (bursty load, 10000 requests x 6
+seeds; ``benchmarks/results/ablation_scenarios.md``; with the scheduler's backfill, which
+lets short prompts behind a long held one go local), against round-robin without local
+prefill on the symmetric cluster: goodput 8.41 against 5.99 requests/s, p99 TTFT 2.9
+against 4.1 s, but p99 E2E 1.6% longer (19.3 against 19.0 s; lower in 2 of 6 seeds).
+The E2E tail is long summarisation outputs (every one of the slowest 1% decodes
+1200-3000 tokens); their E2E is almost all decode time, ~12 ms a token, and the prefills
+their decode steps now carry (about 2.5% of decode-lane time, in bursts) slow it by
+2-3%, which the shorter TTFT (about 0.25 s) only pays back in part. Without local
+prefill, FlowGuard's decode placement alone beats round-robin's tail by about 2%
+(12 of 14 seeds) with no goodput gain. What was tried to get both and did not move the
+tail beyond seed noise (p99 of one run moves by 2-3% between near-identical policies):
+a larger batch-delay charge (x2 to x10: goodput falls towards round-robin's, tail
+unchanged), weighting that charge by each running sequence's class output length
+learned online, SLO-aware gating of the local path, decode placement by predicted
+remaining work per lane (even with the true output lengths), and prefill orders that
+favour long-output classes. The local path's TTFT prediction includes the draft passes
+of the batch it rides with (leaving them out made deep-speculating decode lanes look
+faster at prefilling than they are; including them cut p99 E2E by 2% and added a little
+goodput).
 
 Lanes that are unhealthy, full (``has_room``) or, for a decode placement, without the KV
 room for the prompt are never chosen; when none is left, ``route`` returns ``None`` and
@@ -119,8 +132,11 @@ class FlowGuard(Router):
         iterations = max(1, -(-tokens // self.prefill_budget))
         t = perf.prefill_time(tokens, sum_sq) + (iterations - 1) * perf.prefill.a * 1e-3
         if lane.role is not LaneRole.PREFILL and lane.num_running:
-            # Decode work rides along in every iteration until the prompt is done.
-            t += iterations * (perf.decode_time(lane.num_running, lane.context_tokens, lane.spec_k)
+            # Decode work rides along in every iteration until the prompt is done: the
+            # whole speculative step, drafting included (at k = 8 the draft passes are a
+            # third of a small batch's step; leaving them out made a decode lane look
+            # faster at prefilling than it is, most of all when SpecuStream runs deep).
+            t += iterations * (perf.spec_step_time(lane.num_running, lane.context_tokens, lane.spec_k)
                                - perf.decode_small.a * 1e-3)
         return t
 

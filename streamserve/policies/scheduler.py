@@ -21,6 +21,14 @@ What it adds over a plain FIFO, and why:
   first: lower mean TTFT, but long prompts wait under load), ``edf`` (earliest TTFT
   deadline first; requests without an SLO use ``arrival + default_deadline``).
   Requests whose lane failed go first in every order.
+* **Backfill** (``backfill``, default 8; 0 turns it off). With conditional
+  disaggregation, a head-of-queue prompt too long for a local prefill must wait for a
+  backed-up prefill lane; up to ``backfill`` requests behind it may meanwhile be
+  prefilled on a decode lane if the router picks that (``_backfill``). Measured on the
+  ablation's bursty ``paper`` load (10000 requests x 6 seeds): goodput 8.41 against 7.41
+  requests/s without it (4 requests: 8.17), p99 E2E within noise (19.3 s against
+  19.1 s); it costs the simulator about 18% more time on that load (routing calls while
+  the head is stuck; 12% at 4).
 * **Decode before prefill.** A request waiting for a decode lane already holds KV on its
   prefill lane; placing it first frees that memory and finishes work already paid for.
 * **Backpressure and overload.** At most ``max_pending`` requests are held; beyond that
@@ -89,7 +97,7 @@ class StreamScheduler(Scheduler):
     def __init__(self, router: Router, perf: Mapping[int, LanePerf] | None = None, order: str = "fcfs",
                  pairing: str = "independent", max_attempts: int = 3, max_pending: int | None = 100_000,
                  overload: str = "queue", lane_backlog_tokens: int | None = 1024,
-                 default_deadline: float = math.inf) -> None:
+                 default_deadline: float = math.inf, backfill: int = 8) -> None:
         if order not in ORDERS:
             raise ValueError(f"order: must be one of {', '.join(ORDERS)}, got {order!r}")
         if pairing not in PAIRING:
@@ -100,6 +108,8 @@ class StreamScheduler(Scheduler):
             raise ValueError(f"max_attempts: must be >= 1, got {max_attempts}")
         if max_pending is not None and max_pending < 1:
             raise ValueError(f"max_pending: must be >= 1, got {max_pending}")
+        if backfill < 0:
+            raise ValueError(f"backfill: must be >= 0, got {backfill}")
         if lane_backlog_tokens is not None and lane_backlog_tokens < 1:
             raise ValueError(f"lane_backlog_tokens: must be >= 1, got {lane_backlog_tokens}")
         self.router = router
@@ -110,6 +120,7 @@ class StreamScheduler(Scheduler):
         self.overload = overload
         self.lane_backlog_tokens = lane_backlog_tokens
         self.default_deadline = default_deadline
+        self.backfill = backfill
         perf = dict(perf or {})
         # Seconds per prompt token on one prefill lane, for the overload predictor.
         self._sec_per_token = min((p.prefill.b * 1e-3 for p in perf.values()), default=0.0)
@@ -182,8 +193,12 @@ class StreamScheduler(Scheduler):
         # with nothing queued always qualifies, so one huge prompt is never stuck.
         return [lane for lane in lanes if lane.tokens_queued == 0 or lane.tokens_queued < self.lane_backlog_tokens]
 
-    def _place_prefill(self, request: Request, now: float, view: ClusterView) -> Submit | None:
-        lanes = self._prefill_lanes(view)
+    def _place_prefill(self, request: Request, now: float, view: ClusterView,
+                       lanes: list[LaneStats] | None = None) -> Submit | None:
+        """``lanes``: the candidates from ``_prefill_lanes``, when the caller has them
+        (they hold while nothing is placed; ``_hold_if`` is set along with them)."""
+        if lanes is None:
+            lanes = self._prefill_lanes(view)
         if not lanes:
             return None
         lane_id: int | None
@@ -245,10 +260,61 @@ class StreamScheduler(Scheduler):
                 continue
             action = self._place_prefill(request, now, view)
             if action is None:
+                if self.backfill and self._hold_if and not self._retry:
+                    cap = getattr(self.router, "local_max_prompt", None)
+                    if cap is not None and request.prompt_len > cap:
+                        actions += self._backfill(now, view, cap)
                 break
             self._pop_prefill()
             actions.append(action)
         return actions
+
+    def _backfill(self, now: float, view: ClusterView, cap: int) -> list[Action]:
+        """Place requests behind a head that cannot be prefilled locally.
+
+        Called when every prefill lane is backed up, the router was offered decode lanes
+        for a local prefill, and the head's prompt is over the router's
+        ``local_max_prompt``: it can only wait for a prefill lane, and without this every
+        short prompt behind it would wait too, though a decode lane could take it now
+        (head-of-line blocking). Up to ``backfill`` requests past the head are offered to
+        the router in queue order; those over the cap are skipped without a routing call,
+        and the router may still hold the others. The head keeps its place. Cost:
+        at most ``backfill`` routing calls per dispatch, only while the head is stuck.
+        """
+        placed: list[Action] = []
+        lanes = self._prefill_lanes(view)
+        if self.order == "fcfs":
+            n = min(len(self._fifo), self.backfill + 1)
+            items = [self._fifo.popleft() for _ in range(n)]
+            keep = items[:1]
+            for request in items[1:]:
+                action = None
+                if request.prompt_len <= cap and lanes:
+                    action = self._place_prefill(request, now, view, lanes)
+                if action is None:
+                    keep.append(request)
+                else:
+                    placed.append(action)
+                    self._queued_tokens -= request.prompt_len
+                    lanes = self._prefill_lanes(view)  # the placement changed the shadow
+            self._fifo.extendleft(reversed(keep))
+        else:
+            n = min(len(self._prefill), self.backfill + 1)
+            entries = [heapq.heappop(self._prefill) for _ in range(n)]
+            back = entries[:1]
+            for entry in entries[1:]:
+                action = None
+                if entry[1].prompt_len <= cap and lanes:
+                    action = self._place_prefill(entry[1], now, view, lanes)
+                if action is None:
+                    back.append(entry)
+                else:
+                    placed.append(action)
+                    self._queued_tokens -= entry[1].prompt_len
+                    lanes = self._prefill_lanes(view)  # the placement changed the shadow
+            for entry in back:
+                heapq.heappush(self._prefill, entry)
+        return placed
 
     def _predicted_wait(self, view: ClusterView) -> float:
         """Queueing delay a new arrival would see: the prompt tokens ahead of it, here and
@@ -336,4 +402,4 @@ class FCFSScheduler(StreamScheduler):
 
     def __init__(self, router: Router, max_attempts: int = 3, pairing: str = "independent") -> None:
         super().__init__(router, order="fcfs", pairing=pairing, max_attempts=max_attempts,
-                         max_pending=None, overload="queue", lane_backlog_tokens=None)
+                         max_pending=None, overload="queue", lane_backlog_tokens=None, backfill=0)
