@@ -57,7 +57,9 @@ def test_routes_only_to_healthy_lanes_with_room(local, lanes, name, phase, promp
         chosen = next(s for s in lanes if s.lane_id == choice)
         assert chosen.has_room and chosen.healthy
         if name == "flowguard":  # every lane in this test is a decode lane
-            assert chosen.kv_free_tokens >= prompt
+            # (no KV figures at all, as from a live lane not yet scraped, means unknown)
+            unknown = chosen.kv_free_tokens == 0 and chosen.kv_usage == 0.0
+            assert chosen.kv_free_tokens >= prompt or unknown
 
 
 def test_says_none_when_nothing_can_take_the_request() -> None:
