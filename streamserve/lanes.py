@@ -19,6 +19,8 @@ class LaneRole(enum.Enum):
     DECODE = "decode"
     COLOCATED = "colocated"  # prefill and decode on one engine, as plain vLLM does
 
+    __hash__ = object.__hash__  # as Phase's
+
     def serves(self, phase: Phase) -> bool:
         if self is LaneRole.COLOCATED:
             return True

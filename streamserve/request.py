@@ -18,6 +18,10 @@ class Phase(enum.Enum):
     PREFILL = "prefill"
     DECODE = "decode"
 
+    # Members are singletons, so identity hashing is exact, and it spares the simulator's
+    # hot dictionaries Enum's Python-level ``__hash__``.
+    __hash__ = object.__hash__
+
 
 class State(enum.Enum):
     QUEUED = "queued"  # held by the scheduler, on no lane yet
@@ -27,6 +31,8 @@ class State(enum.Enum):
     FINISHED = "finished"
     REJECTED = "rejected"
     FAILED = "failed"
+
+    __hash__ = object.__hash__  # as Phase's
 
     @property
     def terminal(self) -> bool:

@@ -195,41 +195,51 @@ class FlowGuard(Router):
             return []
         rates = [lane.acceptance_rate for lane in ok if lane.acceptance_rate is not None]
         acc = sum(rates) / len(rates) if rates else 0.0
-        tpot: list[float | None] = [None] * len(ok)
-        if phase is Phase.DECODE:
-            raw = [self.predict_tpot(request, lane, acc) for lane in ok]
-            lat = [r * self.correction(lane.lane_id, phase) for r, lane in zip(raw, ok)]
-        else:
-            raw = [self.predict_prefill(request, lane) for lane in ok]
-            lat = [r * self.correction(lane.lane_id, phase) for r, lane in zip(raw, ok)]
-            for i, lane in enumerate(ok):
+        correction = self._correction.get
+        decode = phase is Phase.DECODE
+        raw: list[float] = []
+        lat: list[float] = []
+        tpot: list[float | None] = []
+        best_decode = math.inf  # the best corrected TPOT of a decode lane (a local prefill's alternative)
+        for lane in ok:
+            lid = lane.lane_id
+            if decode:
+                r = self.predict_tpot(request, lane, acc)
+                t = None
+                latency = r * correction((lid, phase), 1.0)
+            else:
+                r = self.predict_prefill(request, lane)
+                t = None
+                latency = r * correction((lid, phase), 1.0)
                 if lane.role is not LaneRole.PREFILL:
-                    tpot[i] = t = self.predict_tpot(request, lane, acc)
-                    lat[i] += t * self.correction(lane.lane_id, Phase.DECODE) * self._mean_output
-            local = [lat_t for lat_t, lane in zip(tpot, ok) if lane.role is LaneRole.DECODE]
-            if local:
-                # Prefilling here means decoding on a decode lane later: charge prefill
-                # lanes the best decode those lanes offer, so both paths compare whole.
-                best_decode = min(t * self.correction(lane.lane_id, Phase.DECODE)
-                                  for t, lane in zip(tpot, ok) if lane.role is LaneRole.DECODE)
-                for i, lane in enumerate(ok):
-                    if lane.role is LaneRole.PREFILL:
-                        lat[i] += best_decode * self._mean_output
-                    elif lane.num_running:
-                        # A prefill in a decode step delays every sequence of that batch
-                        # by its length: charge that to the local path as well.
-                        perf = self.perf.get(lane.lane_id, self._default_perf)
-                        lat[i] += lane.num_running * perf.prefill_time(request.prompt_len, request.prompt_len ** 2)
+                    t = self.predict_tpot(request, lane, acc)
+                    decode_t = t * correction((lid, Phase.DECODE), 1.0)
+                    latency += decode_t * self._mean_output
+                    if lane.role is LaneRole.DECODE and decode_t < best_decode:
+                        best_decode = decode_t
+            raw.append(r)
+            lat.append(latency)
+            tpot.append(t)
+        if best_decode < math.inf:
+            for i, lane in enumerate(ok):
+                if lane.role is LaneRole.PREFILL:
+                    # Prefilling here means decoding on a decode lane later: charge prefill
+                    # lanes the best decode those lanes offer, so both paths compare whole.
+                    lat[i] += best_decode * self._mean_output
+                elif lane.role is LaneRole.DECODE and lane.num_running:
+                    # A prefill in a decode step delays every sequence of that batch
+                    # by its length: charge that to the local path as well.
+                    perf = self.perf.get(lane.lane_id, self._default_perf)
+                    lat[i] += lane.num_running * perf.prefill_time(request.prompt_len, request.prompt_len ** 2)
         best = max(min(lat), 1e-9)
         max_tokens = max(lane.tokens_queued for lane in ok) or 1
+        w_latency, w_queue, w_util, w_kv, w_accept = self.w_latency, self.w_queue, self.w_util, self.w_kv, self.w_accept
         out = []
-        for lane, r, l, t in zip(ok, raw, lat, tpot):
+        for lane, r, latency, t in zip(ok, raw, lat, tpot):
             queue = 0.5 * (lane.outstanding / lane.max_num_seqs + lane.tokens_queued / max_tokens)
-            accept = 0.0
-            if phase is Phase.DECODE and lane.acceptance_rate is not None:
-                accept = 1.0 - lane.acceptance_rate
-            cost = (self.w_latency * (l / best - 1.0) + self.w_queue * queue + self.w_util * lane.utilisation
-                    + self.w_kv * self._kv_after(request, lane, phase) ** 2 + self.w_accept * accept)
+            accept = 1.0 - lane.acceptance_rate if decode and lane.acceptance_rate is not None else 0.0
+            cost = (w_latency * (latency / best - 1.0) + w_queue * queue + w_util * lane.utilisation
+                    + w_kv * self._kv_after(request, lane, phase) ** 2 + w_accept * accept)
             out.append((cost, lane, r, t))
         return out
 
