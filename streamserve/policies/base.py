@@ -138,6 +138,8 @@ class Scheduler(ABC):
         """The first token exists; on disaggregated clusters pick where to decode."""
 
     def on_finish(self, request: Request, now: float, view: ClusterView) -> list[Action]:
+        """``request`` finished; the runtime calls ``on_capacity`` next (once per engine
+        step, however many finished in it), so placing held requests belongs there."""
         return []
 
     @abstractmethod

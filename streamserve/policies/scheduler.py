@@ -363,7 +363,7 @@ class StreamScheduler(Scheduler):
         if request.generated > 1:
             lane = request.decode_lane if request.decode_lane >= 0 else request.prefill_lane
             self.router.observe(lane, Phase.DECODE, request, request.tpot, now)
-        return self._dispatch(now, view) if self.pending else []
+        return []  # both runtimes follow a finish with ``on_capacity``, which places what waits
 
     def on_capacity(self, now: float, view: ClusterView) -> list[Action]:
         self._shadow = _Shadow()
