@@ -32,14 +32,16 @@ equal predicted latency towards the one with less in flight, which guards agains
 predictor's blind spots (work a lane is doing right now, unknown output lengths). KV
 pressure (0.5) matters only near full, which its square makes so. Acceptance is already
 in the TPOT prediction, so its own weight is small (0.1). ``benchmarks/flowguard_weights.py``
-measured these weights against alternatives (results in
-``benchmarks/results/flowguard_weights.json``, taken before the draft-pass fix and the
-scheduler's backfill below; 8000 requests x 3 seeds of the ablation's bursty ``paper``
-workload): on a symmetric cluster every setting is within 3% of
+measured these weights against alternatives, without local prefill (results in
+``benchmarks/results/flowguard_weights.json``; 8000 requests x 3 seeds of the ablation's
+bursty ``paper`` workload): on a symmetric cluster every setting is within 3% of
 round-robin on p99 E2E and 1% on goodput (routing has little to fix there; the defaults
-gave 20.7 s p99 against round-robin's 21.2 s), but with one decode lane at half speed
-the defaults gave the lowest p99 E2E and TPOT (26.8 s and 14.8 ms; round-robin 37.8 s
-and 27.3 ms, queue depth alone 30.6 s, latency alone 27.4 s).
+gave 20.7 s p99 against round-robin's 21.1 s, the lowest with queue depth alone), but
+with one decode lane at half speed routing matters: the defaults gave the lowest TPOT
+(14.9 ms; round-robin 36.6 ms) and a p99 E2E of 28.1 s against round-robin's 45.5 s,
+queue depth alone 31.1 s and latency alone 28.4 s. Latency and queue at equal weight
+gave a slightly lower p99 there (27.2 s, within seed noise) at a higher TPOT and a worse
+symmetric tail (21.0 s), so the defaults stay.
 
 Conditional disaggregation (``local_prefill``, off by default, on in the shipped
 ``streamserve`` cluster): when every prefill lane is backed up, the scheduler also offers
