@@ -54,8 +54,8 @@ local path the delay the prefill puts on every sequence already in that decode b
 Measured by ``benchmarks/ablation_scenarios.py`` (bursty load, 10000 requests x 6
 seeds; ``benchmarks/results/ablation_scenarios.md``; with the scheduler's backfill, which
 lets short prompts behind a long held one go local), against round-robin without local
-prefill on the symmetric cluster: goodput 8.39 against 6.00 requests/s, p99 TTFT 2.9
-against 4.1 s, but p99 E2E only a tie (19.18 against 19.24 s; lower in 3 of 6 seeds).
+prefill on the symmetric cluster: goodput 8.39 against 6.01 requests/s, p99 TTFT 2.9
+against 4.1 s, but p99 E2E only a tie (19.12 against 19.11 s; lower in 3 of 6 seeds).
 The E2E tail is long summarisation outputs (every one of the slowest 1% decodes
 1200-3000 tokens); their E2E is almost all decode time, ~12 ms a token, and the prefills
 their decode steps now carry (about 2.5% of decode-lane time, in bursts) slow it by
