@@ -162,26 +162,6 @@ class FlowGuard(Router):
             t *= batch / lane.max_num_seqs  # it waits for a slot: roughly a longer effective step
         return t
 
-    def _fits(self, request: Request, lane: LaneStats, phase: Phase) -> bool:
-        if not lane.has_room:
-            return False
-        local = phase is Phase.PREFILL and lane.role is LaneRole.DECODE
-        if local and not (self.local_prefill and request.prompt_len <= self.local_max_prompt):
-            return False
-        if (phase is Phase.DECODE or local) and (lane.kv_free_tokens or lane.kv_usage):
-            return lane.kv_free_tokens >= request.prompt_len
-        return True
-
-    def _kv_after(self, request: Request, lane: LaneStats, phase: Phase) -> float:
-        used = lane.kv_usage
-        if used >= 1.0:
-            return 1.0
-        if lane.kv_free_tokens <= 0:
-            return used
-        capacity = lane.kv_free_tokens / (1.0 - used)
-        need = request.prompt_len + (self._mean_output if phase is Phase.DECODE else 0.0)
-        return min(1.0, used + need / capacity)
-
     # ------------------------------------------------------------ scoring
     def costs(self, request: Request, lanes: Sequence[LaneStats],
               phase: Phase) -> list[tuple[float, LaneStats, float, float | None]]:
@@ -192,13 +172,31 @@ class FlowGuard(Router):
         is the predicted TTFT plus the predicted decode time (TPOT times the mean output
         length seen so far): a lane that prefills quickly but decodes slowly is no bargain.
         """
-        ok = [lane for lane in lanes if self._fits(request, lane, phase)]
+        decode = phase is Phase.DECODE
+        prompt = request.prompt_len
+        may_local = self.local_prefill and prompt <= self.local_max_prompt
+        ok: list[LaneStats] = []
+        rate_sum = 0.0
+        rated = 0
+        max_tokens = 0
+        for lane in lanes:  # one pass: this runs for every lane of every decision
+            if not lane.healthy or lane.kv_usage >= 1.0 or lane.num_waiting >= lane.max_waiting:
+                continue  # not ``has_room``
+            if decode or lane.role is LaneRole.DECODE:  # the request's KV will live here
+                if not decode and not may_local:
+                    continue
+                if (lane.kv_free_tokens or lane.kv_usage) and lane.kv_free_tokens < prompt:
+                    continue  # (no KV figures at all, as from a lane not yet scraped: unknown)
+            ok.append(lane)
+            if lane.tokens_queued > max_tokens:
+                max_tokens = lane.tokens_queued
+            if lane.acceptance_rate is not None:
+                rate_sum += lane.acceptance_rate
+                rated += 1
         if not ok:
             return []
-        rates = [lane.acceptance_rate for lane in ok if lane.acceptance_rate is not None]
-        acc = sum(rates) / len(rates) if rates else 0.0
+        acc = rate_sum / rated if rated else 0.0
         correction = self._correction.get
-        decode = phase is Phase.DECODE
         raw: list[float] = []
         lat: list[float] = []
         tpot: list[float | None] = []
@@ -234,14 +232,18 @@ class FlowGuard(Router):
                     perf = self.perf.get(lane.lane_id, self._default_perf)
                     lat[i] += lane.num_running * perf.prefill_time(request.prompt_len, request.prompt_len ** 2)
         best = max(min(lat), 1e-9)
-        max_tokens = max(lane.tokens_queued for lane in ok) or 1
+        max_tokens = max_tokens or 1
         w_latency, w_queue, w_util, w_kv, w_accept = self.w_latency, self.w_queue, self.w_util, self.w_kv, self.w_accept
+        need = prompt + (self._mean_output if decode else 0.0)  # KV tokens this request will take
         out = []
         for lane, r, latency, t in zip(ok, raw, lat, tpot):
-            queue = 0.5 * (lane.outstanding / lane.max_num_seqs + lane.tokens_queued / max_tokens)
+            queue = 0.5 * ((lane.num_waiting + lane.num_running) / lane.max_num_seqs + lane.tokens_queued / max_tokens)
             accept = 1.0 - lane.acceptance_rate if decode and lane.acceptance_rate is not None else 0.0
+            used = lane.kv_usage  # below 1: full lanes were left out above
+            free = lane.kv_free_tokens
+            kv = used if free <= 0 else min(1.0, used + need / (free / (1.0 - used)))  # occupancy after placing
             cost = (w_latency * (latency / best - 1.0) + w_queue * queue + w_util * lane.utilisation
-                    + w_kv * self._kv_after(request, lane, phase) ** 2 + w_accept * accept)
+                    + w_kv * kv ** 2 + w_accept * accept)
             out.append((cost, lane, r, t))
         return out
 
@@ -255,7 +257,12 @@ class FlowGuard(Router):
         scored = self.costs(request, lanes, phase)
         if not scored:
             return None
-        cost, lane, raw, tpot = min(scored, key=lambda t: (t[0], t[1].outstanding, t[1].lane_id))
+        choice = scored[0]
+        for other in scored[1:]:  # lowest cost; ties to the lane with less in flight, then the lower id
+            if other[0] < choice[0] or (other[0] == choice[0] and (other[1].outstanding, other[1].lane_id)
+                                        < (choice[1].outstanding, choice[1].lane_id)):
+                choice = other
+        cost, lane, raw, tpot = choice
         self._remember(request, phase, lane.lane_id, raw)
         if tpot is not None:  # colocated: its decode will be reported against this lane too
             self._remember(request, Phase.DECODE, lane.lane_id, tpot)
