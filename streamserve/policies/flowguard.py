@@ -56,18 +56,24 @@ seeds; ``benchmarks/results/ablation_scenarios.md``; with the scheduler's backfi
 lets short prompts behind a long held one go local), against round-robin without local
 prefill on the symmetric cluster: goodput 8.39 against 6.01 requests/s, p99 TTFT 2.9
 against 4.1 s, but p99 E2E only a tie (19.12 against 19.11 s; lower in 3 of 6 seeds).
-The E2E tail is long summarisation outputs (every one of the slowest 1% decodes
-1200-3000 tokens); their E2E is almost all decode time, ~12 ms a token, and the prefills
-their decode steps now carry (about 2.5% of decode-lane time, in bursts) slow it by
-2-3%, which the shorter TTFT (about 0.25 s) only pays back in part. Without local
-prefill, FlowGuard's decode placement alone beats round-robin's tail by about 2%
-(12 of 14 seeds) with no goodput gain. What was tried to get both and did not move the
-tail beyond seed noise (p99 of one run moves by 2-3% between near-identical policies):
-a larger batch-delay charge (x2 to x10: goodput falls towards round-robin's, tail
-unchanged), weighting that charge by each running sequence's class output length
-learned online, SLO-aware gating of the local path, decode placement by predicted
-remaining work per lane (even with the true output lengths), and prefill orders that
-favour long-output classes. The local path's TTFT prediction includes the draft passes
+Why, from ``benchmarks/local_prefill_tradeoff.py``: the E2E tail is long summarisation
+outputs (every one of the slowest 1% decodes more than 1000 tokens), so p99 E2E follows
+their TPOT. Under this bursty load 43% of all requests are prefilled locally. Each one lengthens one
+decode step, and a decode step is mostly fixed cost (weights read once, draft passes),
+so the added prompt tokens are what the batch feels. The long requests' TPOT is then
+1.0% above round-robin's, while FlowGuard's decode placement alone (no local prefill)
+puts it 1.5% below, with a p99 E2E 1.1% lower (4 of 6 seeds) and no goodput gain. The
+local path is a trade of goodput for the tail. Capping it at 512-token prompts keeps
+the trade as it is (the short datasets are all below that).
+What was tried to get both and did not move the tail beyond seed noise (p99 of one run
+moves by 2-3% between near-identical policies): a larger batch-delay charge (x2 to x10:
+goodput falls towards round-robin's, tail unchanged), weighting that charge by each
+running sequence's class output length learned online, gating the local path on the
+prefill path's predicted TTFT (0.3-1 s: still 26-43% local, long TPOT +1.1-1.2%),
+keeping local prefills on one decode lane and steering summarisation decodes to the
+other (long TPOT +0.5-0.9%), decode placement by predicted remaining work per lane
+(even with the true output lengths), and prefill orders that favour long-output
+classes. The local path's TTFT prediction includes the draft passes
 of the batch it rides with (leaving them out made deep-speculating decode lanes look
 faster at prefilling than they are; including them cut p99 E2E by 2% and added a little
 goodput).
