@@ -72,9 +72,8 @@ def main() -> None:
     summary = {}
     for name, runs in per.items():
         mean = {m: float(np.mean([r[m] for r in runs])) for m in METRICS}
-        mean["p99_vs_rr_pct"] = float(np.mean([(r["p99_e2el_ms"] / q["p99_e2el_ms"] - 1) * 100 for r, q in zip(runs, ref)]))
-        mean["long_tpot_vs_rr_pct"] = float(np.mean([(r["long_tpot_ms"] / q["long_tpot_ms"] - 1) * 100
-                                                     for r, q in zip(runs, ref)]))
+        for m in ("p99_e2el_ms", "long_tpot_ms"):  # per-seed ratios: the seeds' own spread cancels
+            mean[f"{m}_vs_rr_pct"] = float(np.mean([(r[m] / q[m] - 1) * 100 for r, q in zip(runs, ref)]))
         mean["p99_wins_vs_rr"] = sum(r["p99_e2el_ms"] < q["p99_e2el_ms"] for r, q in zip(runs, ref))
         summary[name] = {"mean": mean, "per_seed": runs}
     lines = [f"# Local prefill: goodput against the tail ({args.n} requests x seeds 0-{args.seeds - 1}, `paper` "
@@ -86,9 +85,9 @@ def main() -> None:
              "prefilled on a decode lane", "--- | --- | --- | --- | --- | --- | --- | --- | ---"]
     for name, s in summary.items():
         m = s["mean"]
-        lines.append(f"{name} | {m['p99_e2el_ms']:.0f} | {m['p99_vs_rr_pct']:+.2f}% | {m['p99_wins_vs_rr']}/{args.seeds} | "
-                     f"{m['request_goodput']:.3f} | {m['long_tpot_ms']:.3f} | {m['long_tpot_vs_rr_pct']:+.2f}% | "
-                     f"{m['long_ttft_ms']:.0f} | {m['local_share']:.1%}")
+        lines.append(f"{name} | {m['p99_e2el_ms']:.0f} | {m['p99_e2el_ms_vs_rr_pct']:+.2f}% | "
+                     f"{m['p99_wins_vs_rr']}/{args.seeds} | {m['request_goodput']:.3f} | {m['long_tpot_ms']:.3f} | "
+                     f"{m['long_tpot_ms_vs_rr_pct']:+.2f}% | {m['long_ttft_ms']:.0f} | {m['local_share']:.1%}")
     print("\n".join(lines))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

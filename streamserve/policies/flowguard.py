@@ -58,9 +58,9 @@ prefill on the symmetric cluster: goodput 8.39 against 6.01 requests/s, p99 TTFT
 against 4.1 s, but p99 E2E only a tie (19.12 against 19.11 s; lower in 3 of 6 seeds).
 Why, from ``benchmarks/local_prefill_tradeoff.py``: the E2E tail is long summarisation
 outputs (every one of the slowest 1% decodes more than 1000 tokens), so p99 E2E follows
-their TPOT. Under this bursty load 43% of all requests are prefilled locally. Each one lengthens one
-decode step, and a decode step is mostly fixed cost (weights read once, draft passes),
-so the added prompt tokens are what the batch feels. The long requests' TPOT is then
+their TPOT. Under this bursty load 43% of all requests are prefilled locally. Each
+one lengthens one decode step, and a decode step is mostly fixed cost (weights read
+once, draft passes), so the added prompt tokens are what the batch feels. The long requests' TPOT is then
 1.0% above round-robin's, while FlowGuard's decode placement alone (no local prefill)
 puts it 1.5% below, with a p99 E2E 1.1% lower (4 of 6 seeds) and no goodput gain. The
 local path is a trade of goodput for the tail. Capping it at 512-token prompts keeps
