@@ -1,16 +1,18 @@
 """What conditional disaggregation (FlowGuard's ``local_prefill``) buys, and what it costs.
 
-On the ablation's symmetric ``paper`` workload, full StreamServe wins goodput by ~40%
-over round-robin routing, but its p99 E2E only ties. The slowest 1% are long
+Prefilling a prompt on a decode lane rescues its TTFT when the prefill lanes are backed
+up (goodput), but stalls every sequence in that decode batch for the prompt's prefill
+(tail). The slowest 1% of the ablation's symmetric ``paper`` workload are long
 summarisation outputs, whose E2E is almost all decode time, so p99 E2E follows the TPOT
-of long requests. This script measures that TPOT directly (mean over requests with more
+of long requests; this script measures that TPOT directly (mean over requests with more
 than ``LONG`` output tokens), which is far less noisy than one run's p99. It compares
 round-robin, FlowGuard with no local prefill, and FlowGuard with local prefill capped at
-two prompt lengths. All variants run on the same workloads (bursty gamma arrivals, CV 3,
-at 70% of capacity), for each seed.
+each of ``CAPS`` prompt tokens: the curve along which ``local_max_prompt`` trades goodput
+for tail. All variants run on the same workloads (bursty gamma arrivals, CV 3, at 70% of
+the shipped cluster's capacity), for each seed.
 Writes ``benchmarks/results/local_prefill_tradeoff.{json,md}``.
 
-    PYTHONPATH=. python benchmarks/local_prefill_tradeoff.py [--n 10000] [--seeds 6]
+    PYTHONPATH=. python benchmarks/local_prefill_tradeoff.py [--n 10000] [--seeds 16]
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from streamserve.metrics import summarize
 from streamserve.sim import run
 
 LONG = 1000  # output tokens: every request in the p99 E2E tail has more
+CAPS = (32, 64, 128, 512, 2048)  # local_max_prompt values compared
 
 
 def _router(base: ClusterConfig, **changes) -> ClusterConfig:
@@ -33,12 +36,13 @@ def _router(base: ClusterConfig, **changes) -> ClusterConfig:
 
 
 def variants(base: ClusterConfig) -> dict[str, ClusterConfig]:
-    return {
-        "round-robin": base.model_copy(update={"router": base.router.model_validate({"name": "round_robin"})}),
-        "flowguard, no local prefill": _router(base, local_prefill=False),
-        "flowguard, local prefill <= 512 tokens": _router(base, local_prefill=True, local_max_prompt=512),
-        "flowguard, local prefill <= 2048 tokens (shipped)": _router(base, local_prefill=True, local_max_prompt=2048),
-    }
+    out = {"round-robin": base.model_copy(update={"router": base.router.model_validate({"name": "round_robin"})}),
+           "flowguard, no local prefill": _router(base, local_prefill=False)}
+    for cap in CAPS:
+        shipped = " (shipped)" if base.router.local_prefill and cap == base.router.local_max_prompt else ""
+        out[f"flowguard, local prefill <= {cap} tokens{shipped}"] = _router(base, local_prefill=True,
+                                                                            local_max_prompt=cap)
+    return out
 
 
 METRICS = ("p99_e2el_ms", "request_goodput", "long_tpot_ms", "long_ttft_ms", "local_share")
@@ -58,7 +62,7 @@ def measure(cfg: ClusterConfig, wl, seed: int) -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=10000)
-    ap.add_argument("--seeds", type=int, default=6)
+    ap.add_argument("--seeds", type=int, default=16)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "local_prefill_tradeoff"))
     args = ap.parse_args()
     base = builtin_cluster("streamserve")

@@ -25,15 +25,18 @@ def test_full_streamserve_beats_fixed_k_and_round_robin_on_a_symmetric_cluster(s
     full, rr, fixed = r["streamserve"], r["no-flowguard"], r["no-specustream"]
     assert all(x["completed"] == 4000 for x in (full, rr, fixed))
     # SpecuStream: faster decoding, a shorter tail, more requests within a tight TPOT SLO.
-    assert full["p99_e2el_ms"] < 0.97 * fixed["p99_e2el_ms"]
+    assert full["p99_e2el_ms"] < 0.98 * fixed["p99_e2el_ms"]
     assert full["mean_tpot_ms"] < 0.95 * fixed["mean_tpot_ms"]
-    assert full["request_goodput_tight"] > 1.02 * fixed["request_goodput_tight"]
+    assert full["request_goodput_tight"] > fixed["request_goodput_tight"]
     # FlowGuard: prefilling short prompts on decode lanes during bursts cuts TTFT, which
-    # sets goodput; on symmetric lanes the E2E tail matches round-robin's (within noise).
+    # sets goodput. Those prompts are capped (local_max_prompt: 64) so that the decode
+    # stalls they cause do not lengthen the tail of long outputs: one run's p99 E2E is
+    # round-robin's within noise here (1% lower on average over 16 seeds of 10,000
+    # requests: benchmarks/results/local_prefill_tradeoff.md).
     assert full["p99_ttft_ms"] < 0.9 * rr["p99_ttft_ms"]
     assert full["request_goodput"] > 1.15 * rr["request_goodput"]
     assert full["request_goodput_tight"] > 1.1 * rr["request_goodput_tight"]
-    assert full["p99_e2el_ms"] < 1.06 * rr["p99_e2el_ms"]
+    assert full["p99_e2el_ms"] < 1.02 * rr["p99_e2el_ms"]
 
 
 @pytest.mark.parametrize("seed", [0, 1])

@@ -51,29 +51,32 @@ prefilled on a decode lane, which decodes it too with no KV transfer. Both paths
 costed whole: predicted TTFT (on a decode lane with its running batch riding along) plus
 predicted decode time (the best decode lane's, for the disaggregated path), and on the
 local path the delay the prefill puts on every sequence already in that decode batch.
-Measured by ``benchmarks/ablation_scenarios.py`` (bursty load, 10000 requests x 6
-seeds; ``benchmarks/results/ablation_scenarios.md``; with the scheduler's backfill, which
-lets short prompts behind a long held one go local), against round-robin without local
-prefill on the symmetric cluster: goodput 8.39 against 6.01 requests/s, p99 TTFT 2.9
-against 4.1 s, but p99 E2E only a tie (19.12 against 19.11 s; lower in 3 of 6 seeds).
-Why, from ``benchmarks/local_prefill_tradeoff.py``: the E2E tail is long summarisation
-outputs (every one of the slowest 1% decodes more than 1000 tokens), so p99 E2E follows
-their TPOT. Under this bursty load 43% of all requests are prefilled locally. Each
-one lengthens one decode step, and a decode step is mostly fixed cost (weights read
-once, draft passes), so the added prompt tokens are what the batch feels. The long requests' TPOT is then
-1.0% above round-robin's, while FlowGuard's decode placement alone (no local prefill)
-puts it 1.5% below, with a p99 E2E 1.1% lower (4 of 6 seeds) and no goodput gain. The
-local path is a trade of goodput for the tail. Capping it at 512-token prompts keeps
-the trade as it is (the short datasets are all below that).
-What was tried to get both and did not move the tail beyond seed noise (p99 of one run
-moves by 2-3% between near-identical policies): a larger batch-delay charge (x2 to x10:
-goodput falls towards round-robin's, tail unchanged), weighting that charge by each
-running sequence's class output length learned online, gating the local path on the
-prefill path's predicted TTFT (0.3-1 s: still 26-43% local, long TPOT +1.1-1.2%),
-keeping local prefills on one decode lane and steering summarisation decodes to the
-other (long TPOT +0.5-0.9%), decode placement by predicted remaining work per lane
-(even with the true output lengths), and prefill orders that favour long-output
-classes. The local path's TTFT prediction includes the draft passes
+
+What it buys and costs, from ``benchmarks/local_prefill_tradeoff.py`` (the ablation's
+bursty ``paper`` workload, 10000 requests x 16 seeds): it rescues the TTFT of short
+requests stuck behind long prompts in a burst (goodput), but each local prefill stalls
+the whole decode batch, and the E2E tail is the long summarisation outputs (every one
+of the slowest 1% decodes more than 1000 tokens), whose E2E is almost all decode time.
+Prompts up to 2048 tokens give 8.41 goodput requests/s against round-robin's 5.98, but
+the long outputs' TPOT 1.2% above round-robin's and a p99 E2E 0.2% above; with no local
+prefill FlowGuard's decode placement puts that TPOT 1.5% below and p99 E2E 1.4% below,
+at round-robin's goodput. The stall grows with the prompt, the rescue does not, so a cap
+keeps the cheap rescues: 64 tokens (the default) gives 7.23 requests/s with p99 E2E 1.0%
+below round-robin's (13 of 16 seeds); 128 gives 8.03 and -0.2%. (On the default
+profile a prompt adds ~0.145 ms per token to the decode step it rides in, on top of a
+~58 ms step at batch 8 and k = 8: a 16-token chat prompt costs the batch ~2 ms, a
+2048-token one ~320 ms.)
+What was tried to keep the larger caps' goodput without their tail cost, none beyond
+seed noise (p99 of one run moves by 2-3% between near-identical policies): a larger
+batch-delay charge (x2 to x10), weighting it by each running sequence's class output
+length learned online, charging only the long-output classes' sequences, gating the
+local path on the prefill path's predicted TTFT (0.3-1 s), steering short-output
+classes' decodes away from lanes that hold long ones, keeping local prefills on one
+decode lane and summarisation decodes on the other, decode placement by predicted
+remaining work per lane (even with the true output lengths), and prefill orders that
+favour long-output classes: each either moved along the cap's goodput-for-tail curve
+or did not move at all.
+The local path's TTFT prediction includes the draft passes
 of the batch it rides with (leaving them out made deep-speculating decode lanes look
 faster at prefilling than they are; including them cut p99 E2E by 2% and added a little
 goodput).
@@ -102,7 +105,7 @@ class FlowGuard(Router):
                  w_util: float = 0.1, w_kv: float = 0.5, w_accept: float = 0.1,
                  prefill_budget: int = 8192, correction_rate: float = 0.1,
                  mean_output_prior: float = 128.0, local_prefill: bool = False,
-                 local_max_prompt: int = 2048) -> None:
+                 local_max_prompt: int = 64) -> None:
         if not perf:
             raise ValueError("perf: FlowGuard needs the lanes' performance models")
         weights = dict(w_latency=w_latency, w_queue=w_queue, w_util=w_util, w_kv=w_kv, w_accept=w_accept)
