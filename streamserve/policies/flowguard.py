@@ -57,7 +57,7 @@ bursty ``paper`` workload, 10000 requests x 16 seeds): it rescues the TTFT of sh
 requests stuck behind long prompts in a burst (goodput), but each local prefill stalls
 the whole decode batch, and the E2E tail is the long summarisation outputs (every one
 of the slowest 1% decodes more than 1000 tokens), whose E2E is almost all decode time.
-Prompts up to 2048 tokens give 8.41 goodput requests/s against round-robin's 5.98, but
+Prompts up to 2048 tokens give 8.41 goodput requests/s against round-robin's 5.98, but put
 the long outputs' TPOT 1.2% above round-robin's and a p99 E2E 0.2% above; with no local
 prefill FlowGuard's decode placement puts that TPOT 1.5% below and p99 E2E 1.4% below,
 at round-robin's goodput. The stall grows with the prompt, the rescue does not, so a cap
