@@ -2,6 +2,7 @@
 metrics, lane failure, and `bench` writing simulate's outputs. No vLLM needed."""
 from __future__ import annotations
 
+import asyncio
 import csv
 import json
 import threading
@@ -17,14 +18,19 @@ from streamserve.gpu.lanes import LiveLane
 from streamserve.gpu.prompts import fill_prompts
 from streamserve.lanes import LaneRole
 from streamserve.metrics import summarize, write_outputs
+from streamserve.perfmodel import Profile
+from streamserve.policies.base import Submit
 from streamserve.policies.registry import build_router, build_scheduler
+from streamserve.request import Phase
 from streamserve.workload.synthetic import LengthDist, synthetic
 
 
-def _front(engines: list[tuple[FakeEngine, LaneRole]], timeout: float = 20.0):
+def _front(engines: list[tuple[FakeEngine, LaneRole]], timeout: float = 20.0, router: str = "round_robin",
+           scheduler: str = "fcfs"):
     lanes = [LiveLane(lane_id=i, role=role, url=e.url, max_num_seqs=8) for i, (e, role) in enumerate(engines)]
-    router = build_router({"name": "round_robin"}, {})
-    scheduler = build_scheduler({"name": "fcfs"}, router, {})
+    perf = {lane.lane_id: Profile.load().lane("opt-13b", "A100-80GB", 1, "small-model") for lane in lanes}
+    router = build_router({"name": router}, perf)
+    scheduler = build_scheduler({"name": scheduler}, router, perf)
     fe = FrontEnd(lanes, "m", 512, router, scheduler, metrics_interval=0.1, request_timeout=timeout)
     port = free_port()
     server = ServerThread(create_app(fe), "127.0.0.1", port)
@@ -99,6 +105,37 @@ def test_models_health_and_metrics(disagg):
     assert 'streamserve_lane_spec_draft_tokens{lane="1"} 40.0' in text  # one request: 10 drafts of 4
 
 
+def test_paper_policies_keep_both_decode_lanes_busy():
+    """FlowGuard places a decode only where the prompt's KV fits, which it reads from
+    the engine's cache_config_info and KV usage. (Live lanes once reported no free KV at
+    all, so a decode lane that held any request was passed over until it drained.)"""
+    p = FakeEngine("p").start()
+    d1, d2 = FakeEngine("a", delay=0.05).start(), FakeEngine("b", delay=0.05).start()
+    fe, server, url = _front([(p, LaneRole.PREFILL), (d1, LaneRole.DECODE), (d2, LaneRole.DECODE)], timeout=5.0,
+                             router="flowguard", scheduler="stream")
+    try:
+        time.sleep(0.3)  # a scrape: the decode lanes report KV in use
+        assert all(lane.stats().kv_free_tokens == 12_000 for lane in fe.lanes)
+        results: list[httpx.Response] = []
+
+        def call(i: int) -> None:
+            results.append(httpx.post(url + "/v1/completions", json={"prompt": f"q {i}", "max_tokens": 20}, timeout=30))
+
+        threads = [threading.Thread(target=call, args=(i,)) for i in range(6)]
+        t0 = time.monotonic()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert [r.status_code for r in results] == [200] * 6
+        assert len(d1.received) + len(d2.received) == 6 and d1.received and d2.received
+        assert time.monotonic() - t0 < 4 * 20 * 0.05  # concurrent, not one lane-drain at a time
+    finally:
+        server.stop()
+        for e in (p, d1, d2):
+            e.stop()
+
+
 def test_dead_decode_lane_retries_elsewhere_and_is_avoided():
     p = FakeEngine("p").start()
     d1, d2 = FakeEngine("a", delay=0.05).start(), FakeEngine("b", delay=0.05).start()
@@ -125,6 +162,46 @@ def test_dead_decode_lane_retries_elsewhere_and_is_avoided():
     finally:
         server.stop()
         for e in (p, d1, d2):
+            e.stop()
+
+
+def test_a_lane_lost_between_placement_and_use_does_not_strand_the_request():
+    """Seen on vLLM in CI: a decode placement onto lane 1 is made, lane 1 is found dead
+    before the request's handler acts on it, and the re-placement from prefill must not
+    be lost behind the stale placement (it was, and the request waited until timeout)."""
+    p, a, b = FakeEngine("p").start(), FakeEngine("a").start(), FakeEngine("b").start()
+    lanes = [LiveLane(lane_id=i, role=role, url=e.url, max_num_seqs=8)
+             for i, (e, role) in enumerate([(p, LaneRole.PREFILL), (a, LaneRole.DECODE), (b, LaneRole.DECODE)])]
+    router = build_router({"name": "round_robin"}, {})
+    dead: set[int] = set()
+    fe = FrontEnd(lanes, "m", 512, router, build_scheduler({"name": "fcfs"}, router, {}),
+                  engine_alive=lambda lane_id: lane_id not in dead, request_timeout=3.0)
+    apply = fe._apply
+
+    def apply_then_kill(actions) -> None:
+        apply(actions)
+        if not dead and any(isinstance(x, Submit) and x.lane_id == 1 and x.phase is Phase.DECODE for x in actions):
+            dead.add(1)
+            a.stop()  # its engine dies, and the lane is checked before the handler runs again
+            asyncio.get_running_loop().create_task(fe.lane_failed(1, "killed by the test"))
+
+    async def scenario() -> dict:
+        await fe.start()
+        fe._apply = apply_then_kill
+        try:
+            ticket = await fe.admit("completions", json.dumps({"prompt": "x y", "max_tokens": 3}).encode())
+            return await fe.run(ticket, None)
+        finally:
+            await fe.close()
+
+    try:
+        answer = asyncio.run(scenario())
+        assert dead == {1} and not fe.lanes[1].healthy
+        assert answer["choices"][0]["text"] == "b0 b1 b2"  # prefilled again, decoded on lane 2
+        assert [body["max_tokens"] for body in p.received] == [1, 1]
+        assert not any(lane.in_flight for lane in fe.lanes)
+    finally:
+        for e in (p, a, b):
             e.stop()
 
 

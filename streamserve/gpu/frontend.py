@@ -49,30 +49,42 @@ class LaneBroken(Exception):
     """The connection to an engine failed in a way that may mean the engine is gone."""
 
 
+# What a call to an engine raises when the engine is gone: httpx's errors, and the
+# AttributeError httpcore's anyio backend raises when the socket of a connection being
+# opened has already been closed (seen when an engine is killed mid-run).
+TRANSPORT_ERRORS = (httpx.HTTPError, AttributeError)
+
+
 @dataclass
 class Ticket:
-    """One client request being served."""
+    """One client request being served.
+
+    Placements queue up rather than sit in one future: a lane can fail between the
+    moment a placement is made and the moment the handler acts on it, and the
+    re-placement that follows must not be lost behind the stale one.
+    """
 
     request: Request
     endpoint: str  # "completions" or "chat/completions"
     body: dict[str, Any]
-    placement: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    placements: asyncio.Queue = field(default_factory=asyncio.Queue)  # (lane_id, phase) or APIError
     kv_params: dict[str, Any] | None = None
     streamed: bool = False  # bytes already reached the client: no invisible retry
+    complete: bool = False  # the engine sent [DONE]: nothing is left to lose
     closed: bool = False
     local: bool = False  # this attempt prefills on the lane that decodes it
     first_chunk: float = math.nan  # when the first token reached the front end (client-visible TTFT)
 
     def place(self, lane_id: int, phase: Phase) -> None:
-        if not self.placement.done():
-            self.placement.set_result((lane_id, phase))
+        self.placements.put_nowait((lane_id, phase))
 
     def refuse(self, error: APIError) -> None:
-        if not self.placement.done():
-            self.placement.set_exception(error)
+        self.placements.put_nowait(error)
 
-    def renew(self) -> None:
-        self.placement = asyncio.get_running_loop().create_future()
+    def forget(self) -> None:
+        """Drop the placements not yet acted on: they name the lane just lost."""
+        while not self.placements.empty():
+            self.placements.get_nowait()
 
 
 class _View:
@@ -184,7 +196,7 @@ class FrontEnd:
         try:
             r = await self.client.get(lane.url + "/metrics", timeout=3.0)
             r.raise_for_status()
-        except httpx.HTTPError:
+        except TRANSPORT_ERRORS:
             if lane.healthy:
                 await self.lane_failed(lane.lane_id, "its /metrics did not answer")
             return
@@ -215,7 +227,7 @@ class FrontEnd:
         try:
             r = await self.client.get(lane.url + "/health", timeout=2.0)
             return r.status_code == 200
-        except httpx.HTTPError:
+        except TRANSPORT_ERRORS:
             return False
 
     async def lane_failed(self, lane_id: int, cause: str) -> bool:
@@ -236,8 +248,9 @@ class FrontEnd:
         for rid in list(lane.in_flight):
             ticket = self.tickets.get(rid)
             lane.in_flight.pop(rid)
-            if ticket is None or ticket.closed:
+            if ticket is None or ticket.closed or ticket.complete:
                 continue
+            ticket.forget()
             if ticket.streamed:
                 ticket.refuse(APIError(502, f"lane {lane_id} ({lane.role.value}) failed after tokens were sent: {cause}",
                                        type_="engine_failure", code="lane_down"))
@@ -274,10 +287,17 @@ class FrontEnd:
         self.metrics.in_flight.labels(str(lane_id)).set(len(lane.in_flight))
 
     async def _placement(self, ticket: Ticket) -> tuple[int, Phase]:
-        try:
-            return await asyncio.wait_for(asyncio.shield(ticket.placement), self.request_timeout)
-        except asyncio.TimeoutError:
-            raise unavailable(f"no lane could take the request within {self.request_timeout:g} s") from None
+        """The next placement to act on. One on a lane that has since gone down is
+        skipped: taking that lane down placed, refused or failed the request again."""
+        while True:
+            try:
+                got = await asyncio.wait_for(ticket.placements.get(), self.request_timeout)
+            except asyncio.TimeoutError:
+                raise unavailable(f"no lane could take the request within {self.request_timeout:g} s") from None
+            if isinstance(got, APIError):
+                raise got
+            if self.lanes[got[0]].healthy:
+                return got
 
     def _usable(self, phase: Phase) -> bool:
         return any(lane.healthy for lane in self.lanes if lane.role.serves(phase))
@@ -333,7 +353,7 @@ class FrontEnd:
             payload = {"model": self.model_name, "messages": body["messages"], "add_generation_prompt": True}
         try:
             r = await self.client.post(lane.url + "/tokenize", json=payload, timeout=30.0)
-        except httpx.HTTPError as e:
+        except TRANSPORT_ERRORS as e:
             raise unavailable(f"could not tokenize on lane {lane.lane_id}: {e}") from None
         if r.status_code >= 400:
             raise _engine_error(r.status_code, r.content)
@@ -347,7 +367,6 @@ class FrontEnd:
             self._apply(self.scheduler.on_arrival(req, self.now(), self.view))
             while True:
                 lane_id, phase = await self._placement(ticket)
-                ticket.renew()  # the next phase's placement (or a re-placement) lands here
                 try:
                     if phase is Phase.PREFILL and self.lanes[lane_id].role is LaneRole.PREFILL:
                         await self._prefill(ticket, lane_id)
@@ -386,7 +405,9 @@ class FrontEnd:
         req.state, req.finish = State.FINISHED, now
         if math.isnan(req.decode_start):
             req.decode_start = now  # a one-token request: nothing to decode
-        self._release(ticket, lane_id)
+        for lane in self.lanes:
+            lane.in_flight.pop(req.id, None)
+        self.metrics.in_flight.labels(str(lane_id)).set(len(self.lanes[lane_id].in_flight))
         if not math.isnan(ticket.first_chunk):  # what the client saw, not the prefill's end
             self.metrics.ttft.observe(ticket.first_chunk - req.arrival)
             if req.generated > 1:
@@ -402,7 +423,7 @@ class FrontEnd:
         url = f"{self.lanes[lane_id].url}/v1/{endpoint}"
         try:
             r = await self.client.post(url, json=body)
-        except httpx.HTTPError as e:
+        except TRANSPORT_ERRORS as e:
             raise LaneBroken(f"{type(e).__name__}: {e}") from None
         if r.status_code >= 500:
             raise LaneBroken(f"HTTP {r.status_code}: {r.text[:300]}")
@@ -472,6 +493,7 @@ class FrontEnd:
                         continue
                     data = line[6:]
                     if data.strip() == "[DONE]":
+                        ticket.complete = True
                         await emit(b"data: [DONE]\n\n")
                         break
                     try:
@@ -501,9 +523,8 @@ class FrontEnd:
                         else:
                             req.state = State.DECODE
                     ticket.streamed = emit_is_client
-                    
                     await emit(f"data: {data}\n\n".encode())
-        except httpx.HTTPError as e:
+        except TRANSPORT_ERRORS as e:
             raise LaneBroken(f"{type(e).__name__}: {e}") from None
 
 
