@@ -45,7 +45,7 @@ class LaneStats(NamedTuple):
     num_running: int = 0  # requests in the running batch (vllm:num_requests_running)
     tokens_queued: int = 0  # prompt tokens still to prefill, plus KV tokens still to arrive
     kv_usage: float = 0.0  # fraction of KV blocks in use (vllm:kv_cache_usage_perc)
-    kv_free_tokens: int = 0  # tokens that still fit in free KV blocks
+    kv_free_tokens: int | None = None  # tokens that still fit in free KV blocks; None: not known
     max_num_seqs: int = 256
     max_waiting: int = 1024  # the lane's bounded queue; beyond it the lane is full
     step_time: float = 0.0  # smoothed duration of recent steps, seconds

@@ -48,6 +48,7 @@ class FakeEngine:
                 f'vllm:num_requests_running{{engine="0",model_name="m"}} 0.0\n'
                 f'vllm:num_requests_waiting{{engine="0",model_name="m"}} 0.0\n'
                 f'vllm:kv_cache_usage_perc{{engine="0",model_name="m"}} 0.25\n'
+                f'vllm:cache_config_info{{block_size="16",engine="0",num_gpu_blocks="1000"}} 1.0\n'
                 f'vllm:spec_decode_num_drafts_total{{engine="0",model_name="m"}} {self.drafted}.0\n'
                 f'vllm:spec_decode_num_draft_tokens_total{{engine="0",model_name="m"}} {4 * self.drafted}.0\n'
                 f'vllm:spec_decode_num_accepted_tokens_total{{engine="0",model_name="m"}} {3 * self.drafted}.0\n'

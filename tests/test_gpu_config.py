@@ -208,6 +208,7 @@ METRICS = """# HELP vllm:num_requests_running Number of requests in model execut
 vllm:num_requests_running{engine="0",model_name="tiny"} 3.0
 vllm:num_requests_waiting{engine="0",model_name="tiny"} 2.0
 vllm:kv_cache_usage_perc{engine="0",model_name="tiny"} 0.5
+vllm:cache_config_info{block_size="32",cache_dtype="auto",enable_prefix_caching="True",engine="0",kv_cache_dtype_skip_layers="['a', 'b=c']",num_cpu_blocks="None",num_gpu_blocks="2048"} 1.0
 vllm:spec_decode_num_drafts_total{engine="0",model_name="tiny"} 10.0
 vllm:spec_decode_num_draft_tokens_total{engine="0",model_name="tiny"} 40.0
 vllm:spec_decode_num_accepted_tokens_total{engine="0",model_name="tiny"} 20.0
@@ -223,6 +224,8 @@ def test_lane_stats_from_engine_metrics_and_front_end_in_flight(tmp_path):
     lane.update(m)
     s = lane.stats()
     assert (s.num_running, s.num_waiting, s.kv_usage, s.acceptance_rate) == (3, 2, 0.5, 0.5)
+    assert s.kv_free_tokens == 2048 * 32 // 2  # the cache's size comes from cache_config_info's labels
+    assert LiveLane(lane_id=2, role=LaneRole.DECODE, url="http://x", max_num_seqs=8).stats().kv_free_tokens is None
     lane.update(parse_prometheus(METRICS.replace("40.0", "60.0").replace("20.0", "35.0")))
     assert lane.stats().acceptance_rate == pytest.approx(0.8 * 0.5 + 0.2 * (15 / 20))  # smoothed
     for rid in range(7):  # sent by the front end, not yet seen by the engine's scrape

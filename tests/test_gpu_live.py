@@ -129,6 +129,9 @@ def test_front_end_metrics_answer(live):
     assert 'streamserve_lane_healthy{lane="1",role="decode"} 1.0' in text
     assert "streamserve_spec_k" in m and "streamserve_ttft_seconds_bucket" in m
     assert httpx.get(live["url"] + "/health", timeout=10).json()["status"] == "ok"
+    # The engines say how large their KV cache is, so policies see free KV in tokens.
+    free = [lane.stats().kv_free_tokens for lane in live["fe"].lanes]
+    assert all(f is not None and f > 1024 for f in free), free
 
 
 def _draft_counts(url: str) -> tuple[float, float]:

@@ -31,7 +31,7 @@ lanes_strategy = st.lists(
             tokens_queued=tokens, kv_usage=kv, kv_free_tokens=free, max_waiting=8, utilisation=util,
             acceptance_rate=acc, spec_k=k, context_tokens=running * 500),
         st.integers(0, 7), st.booleans(), st.integers(0, 10), st.integers(0, 300), st.integers(0, 100_000),
-        st.sampled_from([0.0, 0.3, 0.99, 1.0]), st.integers(0, 60_000), st.floats(0, 1),
+        st.sampled_from([0.0, 0.3, 0.99, 1.0]), st.one_of(st.none(), st.integers(0, 60_000)), st.floats(0, 1),
         st.one_of(st.none(), st.floats(0, 1)), st.integers(0, 8)),
     min_size=0, max_size=6, unique_by=lambda s: s.lane_id)
 
@@ -52,14 +52,14 @@ def test_routes_only_to_healthy_lanes_with_room(local, lanes, name, phase, promp
         else:  # FlowGuard also refuses a decode lane without KV room for the prompt, and
             # prefills on a decode lane only with local_prefill on, for prompts up to local_max_prompt
             local_ok = router.local_prefill and prompt <= router.local_max_prompt
-            assert all(s.kv_free_tokens < prompt or (phase is Phase.PREFILL and not local_ok) for s in ok)
+            assert all((s.kv_free_tokens is not None and s.kv_free_tokens < prompt)
+                       or (phase is Phase.PREFILL and not local_ok) for s in ok)
     else:
         chosen = next(s for s in lanes if s.lane_id == choice)
         assert chosen.has_room and chosen.healthy
         if name == "flowguard":  # every lane in this test is a decode lane
-            # (no KV figures at all, as from a live lane not yet scraped, means unknown)
-            unknown = chosen.kv_free_tokens == 0 and chosen.kv_usage == 0.0
-            assert chosen.kv_free_tokens >= prompt or unknown
+            # (None: the lane does not say how much KV is free, as an engine not yet scraped)
+            assert chosen.kv_free_tokens is None or chosen.kv_free_tokens >= prompt
 
 
 def test_says_none_when_nothing_can_take_the_request() -> None:

@@ -24,11 +24,16 @@ M_DRAFTS = "vllm:spec_decode_num_drafts_total"
 M_DRAFT_TOKENS = "vllm:spec_decode_num_draft_tokens_total"
 M_ACCEPTED = "vllm:spec_decode_num_accepted_tokens_total"
 M_EXTERNAL_PROMPT = "vllm:prompt_tokens_by_source_total"  # source="external_kv_transfer"
+M_CACHE_INFO = "vllm:cache_config_info"  # an info gauge: the KV cache's size is in its labels
+KV_BLOCKS = M_CACHE_INFO + ":num_gpu_blocks"
+KV_BLOCK_SIZE = M_CACHE_INFO + ":block_size"
 SMOOTHING = 0.8  # EWMA weight of the past for acceptance rate
 
 
 def parse_prometheus(text: str) -> dict[str, float]:
-    """Sum each metric over its label sets; ``name{source="x"}`` keys are kept too.
+    """Sum each metric over its label sets; ``name{source="x"}`` keys are kept too, and
+    the KV cache's size from the labels of ``vllm:cache_config_info`` (``KV_BLOCKS``,
+    ``KV_BLOCK_SIZE``).
 
     Only the few families a lane reads matter, and an engine reports one set of labels
     per family (one engine, one model), so summing over labels loses nothing.
@@ -47,9 +52,15 @@ def parse_prometheus(text: str) -> dict[str, float]:
         if brace:
             for label in labels.rstrip("}").split(","):
                 key, _, val = label.partition("=")
+                val = val.strip(chr(34))
                 if key in ("source", "position"):
-                    full = f'{name}{{{key}="{val.strip(chr(34))}"}}'
+                    full = f'{name}{{{key}="{val}"}}'
                     out[full] = out.get(full, 0.0) + v
+                elif name == M_CACHE_INFO and key in ("num_gpu_blocks", "block_size"):
+                    try:
+                        out[f"{name}:{key}"] = float(val)
+                    except ValueError:  # "None" before the engine has sized its cache
+                        pass
     return out
 
 
@@ -81,6 +92,7 @@ class LiveLane:
     waiting: int = 0
     running: int = 0
     kv_usage: float = 0.0
+    kv_tokens: int = 0  # the KV cache's size in tokens, once the engine has reported it
     acceptance: float | None = None
     spec: SpecCounters = field(default_factory=SpecCounters)
     spec_k: int = 0
@@ -93,6 +105,8 @@ class LiveLane:
         self.running = int(metrics.get(M_RUNNING, 0))
         usage = metrics.get(M_KV_USAGE, 0.0)
         self.kv_usage = usage if math.isfinite(usage) else 0.0
+        if metrics.get(KV_BLOCKS) and metrics.get(KV_BLOCK_SIZE):
+            self.kv_tokens = int(metrics[KV_BLOCKS] * metrics[KV_BLOCK_SIZE])
         new = SpecCounters.of(metrics)
         d_draft = new.draft_tokens - self.spec.draft_tokens
         d_acc = new.accepted - self.spec.accepted
@@ -137,5 +151,6 @@ class LiveLane:
             num_waiting=self.waiting + max(0, mine - seen), num_running=self.running,
             tokens_queued=queued, context_tokens=context,
             kv_usage=self.kv_usage, max_num_seqs=self.max_num_seqs,
+            kv_free_tokens=int((1.0 - self.kv_usage) * self.kv_tokens) if self.kv_tokens else None,
             acceptance_rate=self.acceptance, spec_k=self.spec_k, pair=self.pair, tp=self.tp,
         )

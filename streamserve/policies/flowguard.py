@@ -194,8 +194,9 @@ class FlowGuard(Router):
             if decode or lane.role is LaneRole.DECODE:  # the request's KV will live here
                 if not decode and not may_local:
                     continue
-                if (lane.kv_free_tokens or lane.kv_usage) and lane.kv_free_tokens < prompt:
-                    continue  # (no KV figures at all, as from a lane not yet scraped: unknown)
+                free = lane.kv_free_tokens
+                if free is not None and free < prompt:
+                    continue  # (None: the lane does not say, as an engine not yet scraped)
             ok.append(lane)
             if lane.tokens_queued > max_tokens:
                 max_tokens = lane.tokens_queued
@@ -250,7 +251,7 @@ class FlowGuard(Router):
             accept = 1.0 - lane.acceptance_rate if decode and lane.acceptance_rate is not None else 0.0
             used = lane.kv_usage  # below 1: full lanes were left out above
             free = lane.kv_free_tokens
-            kv = used if free <= 0 else min(1.0, used + need / (free / (1.0 - used)))  # occupancy after placing
+            kv = used if not free else min(1.0, used + need / (free / (1.0 - used)))  # occupancy after placing
             cost = (w_latency * (latency / best - 1.0) + w_queue * queue + w_util * lane.utilisation
                     + w_kv * kv ** 2 + w_accept * accept)
             out.append((cost, lane, r, t))
