@@ -29,6 +29,8 @@ class FakeEngine:
         self.max_model_len = max_model_len
         self.received: list[dict[str, Any]] = []
         self.drafted = 0  # spec-decode counters, growing as a decode engine's would
+        self.streaming = 0  # streams open now, and the most open at once
+        self.max_streaming = 0
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.server: ServerThread | None = None
@@ -77,11 +79,16 @@ class FakeEngine:
                                      "usage": {"prompt_tokens": 3, "completion_tokens": n, "total_tokens": n + 3}})
 
             async def gen():
-                for i, w in enumerate(words):
-                    await asyncio.sleep(self.delay)
-                    piece = w if i == 0 else " " + w
-                    choice = {"index": 0, "delta": {"content": piece}} if chat else {"index": 0, "text": piece}
-                    yield f"data: {json.dumps({'id': 'x', 'choices': [choice]})}\n\n"
+                self.streaming += 1
+                self.max_streaming = max(self.max_streaming, self.streaming)
+                try:
+                    for i, w in enumerate(words):
+                        await asyncio.sleep(self.delay)
+                        piece = w if i == 0 else " " + w
+                        choice = {"index": 0, "delta": {"content": piece}} if chat else {"index": 0, "text": piece}
+                        yield f"data: {json.dumps({'id': 'x', 'choices': [choice]})}\n\n"
+                finally:
+                    self.streaming -= 1
                 usage = {"prompt_tokens": 3, "completion_tokens": n, "total_tokens": n + 3}
                 yield f"data: {json.dumps({'id': 'x', 'choices': [], 'usage': usage})}\n\n"
                 yield "data: [DONE]\n\n"

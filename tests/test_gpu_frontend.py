@@ -122,14 +122,13 @@ def test_paper_policies_keep_both_decode_lanes_busy():
             results.append(httpx.post(url + "/v1/completions", json={"prompt": f"q {i}", "max_tokens": 20}, timeout=30))
 
         threads = [threading.Thread(target=call, args=(i,)) for i in range(6)]
-        t0 = time.monotonic()
         for t in threads:
             t.start()
         for t in threads:
             t.join()
         assert [r.status_code for r in results] == [200] * 6
         assert len(d1.received) + len(d2.received) == 6 and d1.received and d2.received
-        assert time.monotonic() - t0 < 4 * 20 * 0.05  # concurrent, not one lane-drain at a time
+        assert d1.max_streaming + d2.max_streaming >= 4  # decoded side by side, not one at a time per lane
     finally:
         server.stop()
         for e in (p, d1, d2):
