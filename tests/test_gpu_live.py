@@ -1,5 +1,6 @@
 """End to end on vLLM's CPU build with the tiny model: one prefill engine and one decode
-engine behind the front end, and one colocated engine as the reference.
+engine behind the front end under the paper's scheduler and router, and one colocated
+engine as the reference.
 
 Engines take ~50 s to start on a CPU, so all tests of this module share one set.
 """
@@ -43,7 +44,9 @@ def _cfg(kind: str, ports: list[int], kv_path: str, log_dir: str) -> dict:
         base.update(engines=[{"role": "prefill", "port": ports[0]}, {"role": "decode", "port": ports[1]}],
                     speculation={"method": "ngram", "k_max": 4, "prompt_lookup_min": 2, "prompt_lookup_max": 4},
                     spec_policy={"name": "tests.gpu_policies:BatchStep", "k_single": 4, "k_batched": 1},
-                    profile_steps=True)
+                    profile_steps=True,
+                    # the paper's scheduler and router, which read the engines' KV figures
+                    scheduler={"name": "stream"}, router={"name": "flowguard"})
     else:  # the reference: speculation by a draft model (the tiny model drafting for itself)
         base.update(engines=[{"role": "colocated", "port": ports[0]}],
                     speculation={"method": "draft", "k_max": 3, "draft_model": str(model_dir("tiny"))},
