@@ -281,6 +281,12 @@ class FrontEnd:
                 ticket.refuse(APIError(503, f"request failed: {action.reason}", type_="service_unavailable",
                                        code="failed"))
 
+    def _leave_lanes(self, req: Request) -> None:
+        """An ended request is in no lane's in-flight set, whichever placed it last."""
+        for lane in self.lanes:
+            if lane.in_flight.pop(req.id, None) is not None:
+                self.metrics.in_flight.labels(str(lane.lane_id)).set(len(lane.in_flight))
+
     def _release(self, ticket: Ticket, lane_id: int) -> None:
         lane = self.lanes[lane_id]
         lane.in_flight.pop(ticket.request.id, None)
@@ -372,7 +378,7 @@ class FrontEnd:
                         await self._prefill(ticket, lane_id)
                         continue
                     result = await self._generate(ticket, lane_id, emit)
-                    self._finish(ticket, lane_id)
+                    self._finish(ticket)
                     return result
                 except LaneBroken as e:
                     if not await self.lane_failed(lane_id, str(e)):
@@ -393,21 +399,18 @@ class FrontEnd:
         ticket.closed = True
         req = ticket.request
         req.state, req.reason, req.finish = state, reason, self.now()
-        for lane in self.lanes:
-            lane.in_flight.pop(req.id, None)
+        self._leave_lanes(req)
         self.tickets.pop(req.id, None)
         self.metrics.outcomes.labels(state.value).inc()
         self._apply(self.scheduler.on_capacity(self.now(), self.view))
 
-    def _finish(self, ticket: Ticket, lane_id: int) -> None:
+    def _finish(self, ticket: Ticket) -> None:
         req = ticket.request
         now = self.now()
         req.state, req.finish = State.FINISHED, now
         if math.isnan(req.decode_start):
             req.decode_start = now  # a one-token request: nothing to decode
-        for lane in self.lanes:
-            lane.in_flight.pop(req.id, None)
-        self.metrics.in_flight.labels(str(lane_id)).set(len(self.lanes[lane_id].in_flight))
+        self._leave_lanes(req)
         if not math.isnan(ticket.first_chunk):  # what the client saw, not the prefill's end
             self.metrics.ttft.observe(ticket.first_chunk - req.arrival)
             if req.generated > 1:
