@@ -5,6 +5,8 @@ avoid the dead lane, and the front end stays up."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import threading
 import time
 
@@ -76,16 +78,36 @@ def test_killing_a_decode_engine_mid_run(cluster):
     threads += [threading.Thread(target=stream_call, args=(i,)) for i in range(4, 8)]
     for t in threads:
         t.start()
-    victim = fe.lanes[1]
+    victim, victim_group = fe.lanes[1], engines.engines[1].proc.pid
 
-    def decoding_on_victim() -> int:
-        return sum(1 for r in list(victim.in_flight.values()) if r.state is State.DECODE)
+    def held_by_victim() -> list[tuple[int, State]]:
+        """Requests decoding, or loading their KV, on the victim."""
+        return sorted((r.id, r.state) for r in list(victim.in_flight.values())
+                      if r.state in (State.TRANSFER, State.DECODE))
 
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and decoding_on_victim() < 2:  # until it streams tokens of 2+
-        time.sleep(0.005)
-    held = decoding_on_victim()
-    assert held >= 2, "the decode lane never got busy; the test would prove nothing"
+    def settle() -> None:
+        """Let the front end read what the frozen engine had already sent: a request whose
+        last tokens sat in the socket finishes now, and would prove nothing."""
+        last, quiet_since, end = held_by_victim(), time.monotonic(), time.monotonic() + 1.5
+        while time.monotonic() < end and time.monotonic() - quiet_since < 0.3:
+            time.sleep(0.01)
+            now = held_by_victim()
+            if now != last:
+                last, quiet_since = now, time.monotonic()
+
+    # The tiny model decodes 1800 tokens in well under a second when the machine is idle, so
+    # the engine is frozen before it is killed: only what it still holds then can be lost.
+    held, deadline = 0, time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if len(held_by_victim()) >= 2:
+            os.killpg(victim_group, signal.SIGSTOP)
+            settle()
+            held = len(held_by_victim())
+            if held >= 2:
+                break
+            os.killpg(victim_group, signal.SIGCONT)
+        time.sleep(0.002)
+    assert held >= 2, "the decode lane never held two requests at once; the test would prove nothing"
     engines.engines[1].kill()
     for t in threads:
         t.join()
