@@ -104,7 +104,7 @@ def simulate(arch: str, config: str | None, num_requests: int | None, rate: floa
             task = bar.add_task("", total=len(workload))
             step = max(len(workload) // 200, 1)
             result = run(cluster, workload, seed,
-                         on_settled=lambda n: bar.update(task, completed=n) if n % step == 0 else None)
+                         on_settled=lambda _, n: bar.update(task, completed=n) if n % step == 0 else None)
     summary = summarize(result, slo_obj)
     summary.update({"arch": cluster.name, "workload": workload.name, "seed": seed, "num_requests": len(workload)})
     out_dir = Path(out)

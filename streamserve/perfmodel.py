@@ -159,12 +159,12 @@ class Profile:
             raise ProfileError(f"{origin}: bad 'models' or 'gpus' section ({e})") from None
         self.drafts = {name: _coeffs(c, f"{origin}: drafts.{name}") for name, c in data.get("drafts", {}).items()}
         self.entries: dict[tuple[str, str, int], dict[str, Any]] = {}
-        for i, e in enumerate(data.get("entries", [])):
+        for i, entry in enumerate(data.get("entries", [])):
             try:
-                key = (e["model"], e["gpu"], int(e["tp"]))
+                key = (entry["model"], entry["gpu"], int(entry["tp"]))
             except (KeyError, TypeError, ValueError):
                 raise ProfileError(f"{origin}: entries[{i}] needs model, gpu and tp") from None
-            self.entries[key] = e
+            self.entries[key] = entry
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> "Profile":

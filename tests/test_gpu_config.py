@@ -246,7 +246,7 @@ def test_lane_stats_from_engine_metrics_and_front_end_in_flight(tmp_path):
 def test_engine_spec_policy_is_built_from_the_registry_or_an_import_path():
     conf = {"lane_id": 1, "tp": 1, "perf": {"profile": None, "model": "opt-13b", "gpu": "A100-80GB"},
             "draft": "ngram", "policy": {"name": "fixed", "k": 3}}
-    assert build_engine_spec_policy(conf, k_max=4).depth(None, 1, 0, 0.0) == 3
+    assert build_engine_spec_policy(conf, k_max=4).depth(1, 1, 0, 0.0) == 3
     conf["policy"] = {"name": "gpu_policies:BatchStep", "k_single": 4, "k_batched": 1}
     policy = build_engine_spec_policy(conf, k_max=4)
-    assert (policy.depth(None, 1, 0, 0.0), policy.depth(None, 5, 0, 0.0)) == (4, 1)
+    assert (policy.depth(1, 1, 0, 0.0), policy.depth(1, 5, 0, 0.0)) == (4, 1)

@@ -10,6 +10,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Protocol, Sequence
 
+from mypy_extensions import mypyc_attr
+
 from streamserve.lanes import LaneStats
 from streamserve.request import Phase, Request
 
@@ -56,6 +58,7 @@ class ClusterView(Protocol):
 
 
 # ---------------------------------------------------------------- routing
+@mypyc_attr(allow_interpreted_subclasses=True)  # a policy of your own may subclass it
 class Router(ABC):
     """Chooses a lane for one phase of one request."""
 
@@ -98,6 +101,7 @@ class StepObservation:
     by_class: dict[str, tuple[int, int]] | None = None  # dataset -> (drafted, accepted)
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # a policy of your own may subclass it
 class SpecPolicy(ABC):
     """Chooses the speculation depth k of each decode step on a lane."""
 
@@ -120,6 +124,7 @@ class SpecPolicy(ABC):
 
 
 # ---------------------------------------------------------------- orchestration
+@mypyc_attr(allow_interpreted_subclasses=True)  # a policy of your own may subclass it
 class Scheduler(ABC):
     """Request lifecycle: decides what happens at each event the runtime reports."""
 

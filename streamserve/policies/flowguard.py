@@ -90,6 +90,8 @@ from __future__ import annotations
 import math
 from typing import Mapping, Sequence
 
+from mypy_extensions import mypyc_attr
+
 from streamserve.lanes import LaneRole, LaneStats
 from streamserve.perfmodel import LanePerf
 from streamserve.policies.base import Router
@@ -98,6 +100,7 @@ from streamserve.request import Phase, Request
 CORRECTION_BOUNDS = (0.25, 8.0)
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # a policy of your own may subclass it
 class FlowGuard(Router):
     name = "flowguard"
 
@@ -281,7 +284,7 @@ class FlowGuard(Router):
     def route_pair(self, request: Request, pairs: Sequence[tuple[LaneStats, LaneStats]], now: float) -> int | None:
         """Stream-pair mode: pick the prefill lane whose pair (prefill + its decode partner)
         costs least; the decode phase will go to the partner."""
-        best: tuple[float, int, int, float] | None = None
+        best: tuple[float, float, int, float] | None = None
         for pre, dec in pairs:
             p = self.costs(request, [pre], Phase.PREFILL)
             d = self.costs(request, [dec], Phase.DECODE)

@@ -8,11 +8,14 @@ from __future__ import annotations
 import random
 from typing import Sequence
 
+from mypy_extensions import mypyc_attr
+
 from streamserve.lanes import LaneStats
 from streamserve.policies.base import Router, usable
 from streamserve.request import Phase, Request
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # a policy of your own may subclass it
 class RoundRobin(Router):
     """Cycle through the lanes of each phase, skipping those without room."""
 
@@ -32,6 +35,7 @@ class RoundRobin(Router):
         return None
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # a policy of your own may subclass it
 class RandomRouter(Router):
     """A uniformly random lane with room (seeded, so runs repeat)."""
 
@@ -45,6 +49,7 @@ class RandomRouter(Router):
         return self._rng.choice(ok).lane_id if ok else None
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # a policy of your own may subclass it
 class LeastOutstanding(Router):
     """The lane with the fewest requests waiting or running (ties: lowest id)."""
 
@@ -57,6 +62,7 @@ class LeastOutstanding(Router):
         return min(ok, key=lambda s: (s.outstanding, s.lane_id)).lane_id
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # a policy of your own may subclass it
 class PowerOfTwo(Router):
     """Power-of-two choices (Mitzenmacher): sample two lanes, keep the less loaded."""
 
@@ -73,6 +79,7 @@ class PowerOfTwo(Router):
         return (a if a.outstanding <= b.outstanding else b).lane_id
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # a policy of your own may subclass it
 class QueueKVScorer(Router):
     """A weighted sum of a queue score and a KV-cache score, as llm-d's scheduler does.
 

@@ -19,7 +19,8 @@ What it adds over a plain FIFO, and why:
   to their own ``max_waiting``).
 * **Ordering** of the held prefill queue: ``fcfs`` (default), ``spf`` (shortest prompt
   first: lower mean TTFT, but long prompts wait under load), ``edf`` (earliest TTFT
-  deadline first; requests without an SLO use ``arrival + default_deadline``).
+  deadline first; requests without an SLO use ``arrival + default_deadline``, or come
+  after every request with one when it is ``None``, the default).
   Requests whose lane failed go first in every order.
 * **Backfill** (``backfill``, default 8; 0 turns it off). With conditional
   disaggregation, a head-of-queue prompt too long for a local prefill must wait for a
@@ -53,6 +54,8 @@ import itertools
 import math
 from collections import deque
 from typing import Mapping, Sequence
+
+from mypy_extensions import mypyc_attr
 
 from streamserve.lanes import LaneRole, LaneStats
 from streamserve.perfmodel import LanePerf
@@ -91,13 +94,14 @@ class _Shadow:
         return out
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # a policy of your own may subclass it
 class StreamScheduler(Scheduler):
     name = "stream"
 
     def __init__(self, router: Router, perf: Mapping[int, LanePerf] | None = None, order: str = "fcfs",
                  pairing: str = "independent", max_attempts: int = 3, max_pending: int | None = 100_000,
                  overload: str = "queue", lane_backlog_tokens: int | None = 1024,
-                 default_deadline: float = math.inf, backfill: int = 8) -> None:
+                 default_deadline: float | None = None, backfill: int = 8) -> None:
         if order not in ORDERS:
             raise ValueError(f"order: must be one of {', '.join(ORDERS)}, got {order!r}")
         if pairing not in PAIRING:
@@ -119,7 +123,7 @@ class StreamScheduler(Scheduler):
         self.max_pending = max_pending
         self.overload = overload
         self.lane_backlog_tokens = lane_backlog_tokens
-        self.default_deadline = default_deadline
+        self.default_deadline = math.inf if default_deadline is None else default_deadline
         self.backfill = backfill
         perf = dict(perf or {})
         # Seconds per prompt token on one prefill lane, for the overload predictor.
@@ -237,10 +241,12 @@ class StreamScheduler(Scheduler):
         self._shadow.add(lane_id, request.prompt_len)
         return Submit(request, lane_id, Phase.DECODE)
 
-    def _late(self, request: Request, now: float) -> bool:
+    def _missed_ttft(self, request: Request, now: float) -> float | None:
+        """The TTFT SLO a queued request can no longer meet, when overload rejects it."""
         slo = request.slo
-        return (self.overload == "reject" and slo is not None and slo.ttft is not None
-                and now - request.arrival > slo.ttft)
+        if self.overload == "reject" and slo is not None and slo.ttft is not None and now - request.arrival > slo.ttft:
+            return slo.ttft
+        return None
 
     def _dispatch(self, now: float, view: ClusterView) -> list[Action]:
         actions: list[Action] = []
@@ -254,9 +260,10 @@ class StreamScheduler(Scheduler):
             request = self._peek_prefill()
             if request is None:
                 break
-            if self._late(request, now):
+            missed = self._missed_ttft(request, now)
+            if missed is not None:
                 self._pop_prefill()
-                actions.append(Reject(request, f"TTFT SLO {request.slo.ttft * 1e3:.0f} ms passed while queued"))
+                actions.append(Reject(request, f"TTFT SLO {missed * 1e3:.0f} ms passed while queued"))
                 continue
             action = self._place_prefill(request, now, view)
             if action is None:
@@ -394,6 +401,7 @@ class StreamScheduler(Scheduler):
         return actions
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # a policy of your own may subclass it
 class FCFSScheduler(StreamScheduler):
     """The simple baseline: one FIFO queue, requests bound to lane queues at once, no
     admission control beyond the lanes' own bounds."""

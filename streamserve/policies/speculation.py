@@ -1,9 +1,12 @@
 """Baseline speculation-depth policies."""
 from __future__ import annotations
 
+from mypy_extensions import mypyc_attr
+
 from streamserve.policies.base import SpecPolicy
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # a policy of your own may subclass it
 class FixedDepth(SpecPolicy):
     """The same k every step (k=0: no speculation), as vLLM's static config does."""
 
@@ -20,6 +23,7 @@ class FixedDepth(SpecPolicy):
         return self.k
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # a policy of your own may subclass it
 class NoSpeculation(SpecPolicy):
     """Plain decoding: k = 0 every step."""
 
@@ -33,6 +37,7 @@ class NoSpeculation(SpecPolicy):
         return 0
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # a policy of your own may subclass it
 class BatchSizeTable(SpecPolicy):
     """k looked up from the batch size, as vLLM's ``num_speculative_tokens_per_batch_size``.
 

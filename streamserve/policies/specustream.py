@@ -47,6 +47,8 @@ from __future__ import annotations
 
 from typing import Mapping
 
+from mypy_extensions import mypyc_attr
+
 from streamserve.perfmodel import LanePerf
 from streamserve.policies.base import SpecPolicy, StepObservation
 
@@ -73,9 +75,9 @@ def best_depth(perf: LanePerf, batch: int, context: int, alphas: Mapping[str, fl
     for k in range(k_max + 1):
         t = perf.spec_step_time(batch, context, k)
         if objective == "latency":
-            rates.append(sum(counts.values()) / sum(n / expected_tokens(alphas[c], k) for c, n in counts.items()) / t)
+            rates.append(sum(counts.values()) / sum((n / expected_tokens(alphas[c], k) for c, n in counts.items()), 0.0) / t)
         else:
-            rates.append(sum(n * expected_tokens(alphas[c], k) for c, n in counts.items()) / t)
+            rates.append(sum((n * expected_tokens(alphas[c], k) for c, n in counts.items()), 0.0) / t)
     best = max(range(k_max + 1), key=rates.__getitem__)
     return best, rates
 
@@ -113,6 +115,7 @@ class _LaneState:
         self.single = ALL  # the one class of the last batch, if it had one
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # a policy of your own may subclass it
 class SpecuStream(SpecPolicy):
     name = "specustream"
     REFRESH = 8  # steps a decision is reused while the batch keeps its size and class mix

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Callable, Sequence
+from typing import Any, Callable, Generator, Sequence
 
 import numpy as np
 import simpy
@@ -29,7 +29,7 @@ from streamserve.workload.base import Workload
 ITL_FLUSH = 1 << 16
 
 
-class SimulationError(RuntimeError):
+class SimulationError(Exception):
     """A policy asked for something impossible (a bug in the policy, not in the input)."""
 
 
@@ -74,7 +74,7 @@ class _View:
 
 class Cluster:
     def __init__(self, cfg: ClusterConfig, workload: Workload, seed: int = 0,
-                 on_settled: Callable[[int], None] | None = None) -> None:
+                 on_settled: Callable[[Request, int], None] | None = None) -> None:
         self.cfg = cfg
         self.workload = workload
         self.env = simpy.Environment()
@@ -124,7 +124,7 @@ class Cluster:
         return self._alpha.get(req.dataset, 0.0)
 
     # ------------------------------------------------------------ arrivals
-    def _open_loop(self):
+    def _open_loop(self) -> Generator[simpy.Event, Any, None]:
         env = self.env
         arrival = self.workload.arrival
         assert arrival is not None
@@ -133,7 +133,7 @@ class Cluster:
                 yield env.timeout(t - env.now)
             self._arrive(i, t)
 
-    def _closed_loop_start(self, clients: int):
+    def _closed_loop_start(self, clients: int) -> Generator[simpy.Event, Any, None]:
         for _ in range(min(clients, len(self.workload))):
             self._next_arrival(0.0)
         yield self.env.timeout(0)
@@ -189,7 +189,7 @@ class Cluster:
         req.finish = self.env.now if now is None else now
         self.settled += 1
         if self.on_settled is not None:
-            self.on_settled(self.settled)
+            self.on_settled(req, self.settled)
         if self.workload.concurrency:
             self._next_arrival(self.env.now + self.workload.think_time)
         if self.settled == len(self.workload):
@@ -261,7 +261,7 @@ class Cluster:
             self._execute(self.scheduler.on_capacity(self.env.now, self.view.fresh()))
 
     # ------------------------------------------------------------ faults
-    def _fault(self, lane_id: int, at: float, kind: str, duration: float | None, factor: float):
+    def _fault(self, lane_id: int, at: float, kind: str, duration: float | None, factor: float) -> Generator[simpy.Event, Any, None]:
         env = self.env
         yield env.timeout(at)
         lane = self.lanes[lane_id]
@@ -288,9 +288,9 @@ class Cluster:
         for req in lost:
             src = req.prefill_lane
             if src >= 0 and src != lane_id:
-                seq = self.lanes[src].held.pop(req.id, None)
-                if seq is not None:
-                    self.lanes[src].free_seq(seq)
+                kept = self.lanes[src].held.pop(req.id, None)
+                if kept is not None:
+                    self.lanes[src].free_seq(kept)
             flight = self._in_flight.pop(req.id, None)
             if flight is not None and flight[0] is not lane:
                 flight[0].used_blocks -= flight[1]

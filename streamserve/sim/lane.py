@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import random
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Generator
 
 import simpy
 
@@ -280,7 +280,7 @@ class SimLane:
         return reqs
 
     # ------------------------------------------------------------ the engine loop
-    def _loop(self):  # noqa: C901 - one step is one piece of logic; splitting it costs calls per step
+    def _loop(self) -> Generator[simpy.Event, Any, None]:  # noqa: C901 - one step is one piece of logic; splitting it costs calls per step
         env = self.env
         rnd = self.rng.random
         log = math.log
@@ -398,15 +398,14 @@ class SimLane:
             by_class: dict[str, list[int]] | None = None
             if n:
                 if k:
-                    multi = len(self.class_counts) > 1
-                    if multi:
+                    if len(self.class_counts) > 1:
                         by_class = {}
                     for seq in dec:
                         g = int(log(1.0 - rnd()) / seq.log_alpha)
                         if g > k:
                             g = k
                         accepted += g
-                        if multi:
+                        if by_class is not None:
                             c = by_class.setdefault(seq.req.dataset, [0, 0])
                             c[0] += k
                             c[1] += g
@@ -487,7 +486,7 @@ class SimLane:
                 cluster.after_step(self, done_prefill, finished, end)
             now = end
 
-    def _decode_steps(self, now: float):
+    def _decode_steps(self, now: float) -> Generator[simpy.Event, Any, float]:
         """Steps of a batch that only decodes, the simulator's commonest case, for as long
         as it stays one (no prompt, no arrived KV, lane healthy and memory enough); returns
         the lane clock. The same step as ``_loop``'s general one, with all that cannot
