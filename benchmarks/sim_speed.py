@@ -65,6 +65,10 @@ def main() -> None:
     ap.add_argument("--out", default="results/bench")
     args = ap.parse_args()
 
+    import streamserve
+
+    hot_path = "compiled (mypyc)" if streamserve.COMPILED else "plain Python"
+    print(f"hot path: {hot_path}")
     capacity = _capacity(args.arch, args.config)
     rate = args.load * capacity
     print(f"{args.config or args.arch}: saturated throughput {capacity:.2f} req/s; simulating at {rate:.2f} req/s ({args.load:.0%})")
@@ -89,7 +93,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     name = "sim_speed.json" if not args.config else f"sim_speed-{Path(args.config).stem}.json"
     (out / name).write_text(json.dumps(
-        {"arch": args.arch, "config": args.config, "capacity_req_s": capacity, "rate_req_s": rate, "runs": rows,
+        {"arch": args.arch, "config": args.config, "hot_path": hot_path, "capacity_req_s": capacity, "rate_req_s": rate, "runs": rows,
          "rss_kb_per_request": slope}, indent=2) + "\n")
     print(f"wrote {out / name}")
 
