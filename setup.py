@@ -44,13 +44,6 @@ class OptionalBuildExt(build_ext):
         except Exception as e:  # noqa: BLE001 - any compiler failure means: stay pure
             _warn(f"compiling failed: {e}")
 
-    def build_extension(self, ext) -> None:  # type: ignore[no-untyped-def]
-        try:
-            super().build_extension(ext)
-        except Exception as e:  # noqa: BLE001
-            _warn(f"compiling {ext.name} failed: {e}")
-            raise
-
 
 def _extensions() -> list:
     if os.environ.get("STREAMSERVE_PURE"):
