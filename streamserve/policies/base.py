@@ -155,6 +155,21 @@ class Scheduler(ABC):
     def on_lane_down(self, lane_id: int, lost: list[Request], now: float, view: ClusterView) -> list[Action]:
         """Lane ``lane_id`` failed; ``lost`` were on it and have lost their KV."""
 
+    def next_deadline(self) -> float | None:
+        """The earliest time at which something the scheduler holds must be looked at
+        again even if no event happens (a request may wait only so long for a lane, a
+        prefilled request only so long for its KV to be pulled); ``None`` when nothing
+        waits on time.
+
+        The runtime asks after carrying out the actions of every callback and arranges
+        to call ``on_timer`` at that time (a policy has no clock of its own)."""
+        return None
+
+    def on_timer(self, now: float, view: ClusterView) -> list[Action]:
+        """A deadline given by ``next_deadline`` has come: end or re-place what waited
+        too long."""
+        return []
+
     @abstractmethod
     def drain(self, now: float) -> list[Action]:
         """The run is over: settle every request still held (normally ``Fail``)."""
