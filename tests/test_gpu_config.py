@@ -16,8 +16,8 @@ import yaml
 
 from streamserve.config import ConfigError
 from streamserve.gpu.config import load_live, parse_live
-from streamserve.gpu.engines import (SPEC_SCHEDULER_CLS, Engine, EngineError, EngineSet, EngineSpec, check_model,
-                                     engine_specs, repo_root)
+from streamserve.gpu.engine_args import SPEC_SCHEDULER_CLS, EngineSpec, engine_specs, repo_root
+from streamserve.gpu.engines import Engine, EngineError, EngineSet, check_model
 from streamserve.gpu.lanes import LiveLane, parse_prometheus
 from streamserve.gpu.policyload import build_engine_spec_policy
 from streamserve.gpu.serve import build_lanes

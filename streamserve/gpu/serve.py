@@ -7,7 +7,8 @@ import threading
 from pathlib import Path
 
 from streamserve.gpu.config import LiveConfig
-from streamserve.gpu.engines import ENV_SPEC_POLICY, EngineSet, engine_specs
+from streamserve.gpu.engine_args import ENV_SPEC_POLICY, engine_specs
+from streamserve.gpu.engines import EngineSet
 from streamserve.gpu.frontend import FrontEnd, ServerThread, create_app
 from streamserve.gpu.lanes import LiveLane
 from streamserve.gpu.policyload import build_engine_spec_policy, build_front_policies, lane_perf

@@ -11,7 +11,7 @@ t+1; ``make_spec_decoding_stats`` is where vLLM counts them per request, and the
 is reported to the policy in ``update_from_output``.
 
 This module is loaded by the engine process (``--scheduler-cls``), which finds the
-policy config in ``$STREAMSERVE_SPEC_POLICY`` (JSON written by ``engines.engine_env``)
+policy config in ``$STREAMSERVE_SPEC_POLICY`` (JSON written by ``engine_args.engine_env``)
 and appends each change of k to ``$STREAMSERVE_K_TRACE`` for the front end to read
 (and, with ``profile_steps: true``, every step's tokens and duration to
 ``$STREAMSERVE_STEP_LOG``, to fit a profile of the engine's real step costs).
