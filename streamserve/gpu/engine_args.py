@@ -11,16 +11,18 @@ import json
 import os
 import socket
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from streamserve.gpu.config import EngineEntry, LiveConfig
 
 SPEC_SCHEDULER_CLS = "streamserve.gpu.specsched.SpecuStreamScheduler"
+ENTRY_MODULE = "streamserve.gpu.vllm_main"  # runs `vllm serve` on every vLLM build (see that module)
 ENV_SPEC_POLICY = "STREAMSERVE_SPEC_POLICY"  # JSON: the policy config the engine's scheduler builds
 ENV_K_TRACE = "STREAMSERVE_K_TRACE"  # file the engine's scheduler appends k changes to
 ENV_STEP_LOG = "STREAMSERVE_STEP_LOG"  # file it appends every step to (profile_steps: true)
-NIXL_SIDE_CHANNEL_BASE = 5600  # one NIXL handshake port per engine on a host
+KV_ROLES = {"prefill": "kv_producer", "decode": "kv_consumer"}  # colocated engines move no KV
+VLLM_SPEC_METHODS = {"ngram": "ngram", "draft": "draft_model", "eagle": "eagle", "eagle3": "eagle3"}
 
 
 @dataclass
@@ -33,10 +35,15 @@ class EngineSpec:
     env: dict[str, str]
     log_path: Path
     k_trace_path: Path | None
+    side_ports: list[int] = field(default_factory=list)  # NIXL handshake ports it will listen on
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.entry.port}"
+
+    def ports(self) -> list[int]:
+        """Every port the engine binds: its HTTP port, then its NIXL side channels."""
+        return [self.entry.port, *self.side_ports]
 
 
 def repo_root() -> Path:
@@ -45,36 +52,71 @@ def repo_root() -> Path:
     return Path(__file__).resolve().parents[2]
 
 
-def kv_transfer_config(cfg: LiveConfig) -> dict[str, object] | None:
-    """vLLM's ``--kv-transfer-config`` for a disaggregated deployment (None: colocated).
+def kv_transfer_config(entry: EngineEntry, cfg: LiveConfig) -> dict[str, object] | None:
+    """vLLM's ``--kv-transfer-config`` for one engine (None: a colocated engine).
 
-    Every engine is ``kv_both``: the front end, not the engine's role, decides per request
-    whether it prefills for a remote decode or decodes a remote prefill (through the
-    request's ``kv_transfer_params``), as vLLM's own disaggregated proxy does.
+    Prefill engines produce KV and decode engines consume it, the roles vLLM's NIXL
+    references use (0.32 warns that ``kv_both`` is deprecated). Both sides get the same
+    KV lease (``kv_lease_duration``: the producer frees a request's blocks when no
+    consumer has claimed them for that long; the consumer's heartbeats renew it), and
+    a decode engine whose KV load fails recomputes the prompt rather than failing the
+    request, unless ``kv.load_failure_policy`` says fail.
     """
-    if not cfg.disaggregated:
+    if entry.role == "colocated":
         return None
-    conf: dict[str, object] = {"kv_connector": cfg.connector, "kv_role": "kv_both"}
+    conf: dict[str, object] = {"kv_connector": cfg.connector, "kv_role": KV_ROLES[entry.role]}
     if cfg.connector == "ExampleConnector":
         conf["kv_connector_extra_config"] = {"shared_storage_path": cfg.kv.shared_storage_path}
+    else:
+        conf["kv_connector_extra_config"] = {"kv_lease_duration": cfg.kv_lease_s}
+    if entry.role == "decode":
+        conf["kv_load_failure_policy"] = cfg.kv.load_failure_policy
     return conf
 
 
-def speculative_config(cfg: LiveConfig) -> dict[str, object] | None:
+def k_table(k_max: int, max_num_seqs: int) -> list[list[int]]:
+    """vLLM's ``num_speculative_tokens_per_batch_size`` listing every k from 0 to k_max.
+
+    SpecuStream picks k itself (the scheduler subclass replaces vLLM's lookup), so the
+    table's only job is to tell vLLM which k occur: the model runner then captures CUDA
+    graphs for each verify length 1 + k (and the drafter's graphs for each k), instead
+    of for 1 + k_max alone, and the step costs SpecuStream observes are those of graphs
+    at every k. Batch size b < k_max + 1 is listed with k = b - 1, larger batches with
+    k_max. Needs ``max_num_seqs >= k_max + 1`` (the config checks it).
+    """
+    table = [[k + 1, k + 1, k] for k in range(k_max)]
+    return table + [[k_max + 1, max(max_num_seqs, k_max + 1), k_max]]
+
+
+def speculative_config(entry: EngineEntry, cfg: LiveConfig) -> dict[str, object] | None:
+    """vLLM's ``--speculative-config`` for one engine (None: it does not speculate).
+
+    Decode and colocated engines speculate up to ``k_max`` with the k table. A prefill
+    engine speculates only when the drafter is a model: vLLM's NIXL references start it
+    with the same drafter at ``num_speculative_tokens: 1``, so that the drafter's KV
+    exists on both sides and EAGLE's settings enter both NIXL compatibility hashes
+    alike. n-gram needs nothing on the prefill side.
+    """
     spec = cfg.speculation
     if spec.method == "none":
         return None
-    conf: dict[str, object] = {"num_speculative_tokens": spec.k_max}
+    method = VLLM_SPEC_METHODS[spec.method]
+    if entry.role == "prefill":
+        if spec.method == "ngram":
+            return None
+        return {"method": method, "model": resolve_model(spec.draft_model or ""), "num_speculative_tokens": 1}
+    conf: dict[str, object] = {"method": method, "num_speculative_tokens": spec.k_max,
+                               "num_speculative_tokens_per_batch_size": k_table(spec.k_max, entry.max_num_seqs)}
     if spec.method == "ngram":
-        conf.update(method="ngram", prompt_lookup_min=spec.prompt_lookup_min,
-                    prompt_lookup_max=spec.prompt_lookup_max)
+        conf.update(prompt_lookup_min=spec.prompt_lookup_min, prompt_lookup_max=spec.prompt_lookup_max)
     else:
-        conf.update(model=spec.draft_model)
+        conf["model"] = resolve_model(spec.draft_model or "")
     return conf
 
 
 def speculates(entry: EngineEntry, cfg: LiveConfig) -> bool:
-    """Speculation runs where tokens are decoded: decode and colocated engines."""
+    """Speculation with a policy-chosen k runs where tokens are decoded: decode and
+    colocated engines."""
     return cfg.speculation.method != "none" and entry.role != "prefill"
 
 
@@ -88,9 +130,9 @@ def resolve_model(model: str) -> str:
 
 
 def engine_command(lane_id: int, entry: EngineEntry, cfg: LiveConfig, python: str) -> list[str]:
+    """``vllm serve`` for one engine, run as a module of the engine's interpreter."""
     argv = [
-        python, "-m", "vllm.entrypoints.openai.api_server",
-        "--model", resolve_model(cfg.model),
+        python, "-m", ENTRY_MODULE, "serve", resolve_model(cfg.model),
         "--served-model-name", cfg.model_name,
         "--host", "127.0.0.1", "--port", str(entry.port),
         "--max-model-len", str(cfg.max_model_len),
@@ -101,17 +143,21 @@ def engine_command(lane_id: int, entry: EngineEntry, cfg: LiveConfig, python: st
     ]
     if cfg.block_size is not None:
         argv += ["--block-size", str(cfg.block_size)]
+    if cfg.attention_backend is not None:
+        argv += ["--attention-backend", cfg.attention_backend]
     if cfg.device == "cuda":
         argv += ["--tensor-parallel-size", str(entry.tp),
                  "--gpu-memory-utilization", str(cfg.gpu_memory_utilization)]
-    kv = kv_transfer_config(cfg)
+    kv = kv_transfer_config(entry, cfg)
     if kv is not None:
         argv += ["--kv-transfer-config", json.dumps(kv, sort_keys=True)]
+    spec = speculative_config(entry, cfg)
+    if spec is not None:
+        argv += ["--speculative-config", json.dumps(spec, sort_keys=True)]
     if speculates(entry, cfg):
         # Our scheduler subclasses the synchronous Scheduler; vLLM would otherwise pick
         # async scheduling on GPUs for some drafters and bypass it.
-        argv += ["--speculative-config", json.dumps(speculative_config(cfg), sort_keys=True),
-                 "--scheduler-cls", SPEC_SCHEDULER_CLS, "--no-async-scheduling"]
+        argv += ["--scheduler-cls", SPEC_SCHEDULER_CLS, "--no-async-scheduling"]
     return argv + list(entry.extra_args)
 
 
@@ -125,8 +171,9 @@ def engine_env(lane_id: int, entry: EngineEntry, cfg: LiveConfig, base: dict[str
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, base.get("PYTHONPATH", "")) if p)
     if cfg.device == "cuda":
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(d) for d in entry.devices)
-        if cfg.disaggregated and cfg.connector == "NixlConnector":
-            env["VLLM_NIXL_SIDE_CHANNEL_PORT"] = str(NIXL_SIDE_CHANNEL_BASE + lane_id)
+        side = side_ports(cfg)[lane_id]
+        if side:
+            env["VLLM_NIXL_SIDE_CHANNEL_PORT"] = str(side[0])
             env["VLLM_NIXL_SIDE_CHANNEL_HOST"] = "127.0.0.1"
     else:
         env["VLLM_TARGET_DEVICE"] = "cpu"
@@ -157,6 +204,7 @@ def engine_specs(cfg: LiveConfig, base_env: dict[str, str] | None = None,
     logs = Path(log_dir or cfg.log_dir)
     python = cfg.python or sys.executable
     specs = []
+    side = side_ports(cfg)
     for lane_id, entry in enumerate(cfg.engines):
         k_trace = logs / f"k-trace-lane{lane_id}.jsonl" if speculates(entry, cfg) else None
         specs.append(EngineSpec(
@@ -165,8 +213,24 @@ def engine_specs(cfg: LiveConfig, base_env: dict[str, str] | None = None,
             env=engine_env(lane_id, entry, cfg, base, k_trace),
             log_path=logs / f"engine-{lane_id}-{entry.role}.log",
             k_trace_path=k_trace,
+            side_ports=side[lane_id],
         ))
     return specs
+
+
+def side_ports(cfg: LiveConfig) -> list[list[int]]:
+    """Each engine's NIXL side-channel ports (none without NIXL on a disaggregated
+    deployment). vLLM listens on ``VLLM_NIXL_SIDE_CHANNEL_PORT`` (plus the data-parallel
+    rank); each engine gets a block of ``tp`` ports, as vLLM's NIXL scripts space them,
+    so no two engines' ranks can meet whichever port per rank a vLLM version opens."""
+    if cfg.device != "cuda" or not cfg.disaggregated or cfg.connector != "NixlConnector":
+        return [[] for _ in cfg.engines]
+    return cfg.side_channel_ports()
+
+
+def busy_ports(spec: EngineSpec) -> list[int]:
+    """The ports of ``spec`` that something else already holds."""
+    return [p for p in spec.ports() if not port_free(p)]
 
 
 def port_free(port: int, host: str = "127.0.0.1") -> bool:

@@ -17,8 +17,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from streamserve.gpu.config import LiveConfig
-from streamserve.gpu.engine_args import ENV_STEP_LOG, EngineSpec, engine_specs, port_free, resolve_model
+from streamserve.gpu.config import MODEL_DRAFTERS, LiveConfig
+from streamserve.gpu.engine_args import ENV_STEP_LOG, EngineSpec, busy_ports, engine_specs, resolve_model
 
 
 class EngineError(RuntimeError):
@@ -67,9 +67,9 @@ class Engine:
         return self.spec.url
 
     def start(self) -> None:
-        port = self.spec.entry.port
-        if not port_free(port):
-            raise EngineError(f"engine {self.lane_id} ({self.spec.entry.role}): port {port} is already in use")
+        busy = busy_ports(self.spec)  # the HTTP port, then any NIXL side channels
+        if busy:
+            raise EngineError(f"engine {self.lane_id} ({self.spec.entry.role}): port {busy[0]} is already in use")
         self.spec.log_path.parent.mkdir(parents=True, exist_ok=True)
         if self.spec.k_trace_path is not None:
             self.spec.k_trace_path.unlink(missing_ok=True)
@@ -148,7 +148,7 @@ class EngineSet:
     @classmethod
     def from_config(cls, cfg: LiveConfig, log_dir: Path | None = None) -> "EngineSet":
         check_model(cfg.model)
-        if cfg.speculation.method == "draft":
+        if cfg.speculation.method in MODEL_DRAFTERS:
             check_model(cfg.speculation.draft_model or "")
         return cls(engine_specs(cfg, log_dir=log_dir))
 

@@ -3,7 +3,8 @@ from a streamserve ``SpecPolicy`` at every step.
 
 vLLM reads the depth of each step from ``self.dynamic_sd_lookup[batch_size]`` (its
 "dynamic speculative decoding" table, normally filled from a static batch-size
-schedule). We put an object there whose ``__getitem__`` asks the policy, so the
+schedule; streamserve passes one listing every k from 0 to k_max, so that vLLM plans
+CUDA graphs for each). We put an object there whose ``__getitem__`` asks the policy, so the
 policy sees the real batch of the step being scheduled; vLLM itself caps nothing, so
 the value is clamped to ``num_speculative_tokens`` (the drafter's buffers are sized
 for it). Drafts proposed at the end of step t with depth k_t are verified in step
@@ -18,8 +19,10 @@ and appends each change of k to ``$STREAMSERVE_K_TRACE`` for the front end to re
 """
 from __future__ import annotations
 
+import inspect
 import json
 import os
+import re
 import time
 from typing import Any
 
@@ -27,6 +30,69 @@ from vllm.v1.core.sched.scheduler import Scheduler
 
 from streamserve.gpu.policyload import build_engine_spec_policy
 from streamserve.policies.base import SpecPolicy, StepObservation
+
+
+SUPPORTED = "0.32"  # the vLLM release whose scheduler these hooks were written and checked against
+_LOOKUP_READ = re.compile(r"=\s*self\.dynamic_sd_lookup\[\s*len\(num_scheduled_tokens\)\s*\]")
+_STATS_PARAMS = ["spec_decoding_stats", "num_draft_tokens", "num_accepted_tokens", "num_invalid_spec_tokens",
+                 "request_id"]
+
+
+class VllmHookError(RuntimeError):
+    """The installed vLLM no longer has the scheduler hook SpecuStream drives k through."""
+
+
+def vllm_version() -> str:
+    import vllm
+
+    return str(getattr(vllm, "__version__", "unknown"))
+
+
+def _fail(problem: str) -> VllmHookError:
+    return VllmHookError(f"vLLM {vllm_version()}: {problem}; SpecuStreamScheduler was written against vLLM "
+                         f"{SUPPORTED}'s dynamic_sd_lookup and would otherwise run at a fixed k (install vLLM "
+                         f"{SUPPORTED}, or update streamserve/gpu/specsched.py)")
+
+
+def check_vllm_hooks(scheduler_cls: type = Scheduler) -> None:
+    """Check, before any request, that ``scheduler_cls`` still uses the hooks this module
+    overrides as it did in vLLM 0.32: ``schedule`` takes each step's k from
+    ``self.dynamic_sd_lookup[len(num_scheduled_tokens)]`` into
+    ``num_spec_tokens_to_schedule``, ``__init__`` builds that lookup, and
+    ``make_spec_decoding_stats`` / ``update_from_output`` keep their signatures. vLLM
+    proposals would restructure the lookup; if one lands, the engine must stop with this
+    error rather than serve with k silently fixed at k_max."""
+    try:
+        schedule = inspect.getsource(scheduler_cls.schedule)
+        init = inspect.getsource(scheduler_cls.__init__)
+    except (OSError, TypeError, AttributeError) as e:
+        raise _fail(f"the source of {scheduler_cls.__name__}.schedule/__init__ cannot be read ({e})") from None
+    if not _LOOKUP_READ.search(schedule):
+        raise _fail(f"{scheduler_cls.__name__}.schedule no longer reads k as self.dynamic_sd_lookup[len(num_scheduled_tokens)]")
+    if "num_spec_tokens_to_schedule" not in schedule:
+        raise _fail(f"{scheduler_cls.__name__}.schedule no longer hands k on as num_spec_tokens_to_schedule")
+    if "self.dynamic_sd_lookup" not in init:
+        raise _fail(f"{scheduler_cls.__name__}.__init__ no longer builds self.dynamic_sd_lookup")
+    stats = getattr(scheduler_cls, "make_spec_decoding_stats", None)
+    params = list(inspect.signature(stats).parameters)[1:] if callable(stats) else None
+    if params != _STATS_PARAMS:
+        raise _fail(f"{scheduler_cls.__name__}.make_spec_decoding_stats takes {params}, not {_STATS_PARAMS}")
+    update = getattr(scheduler_cls, "update_from_output", None)
+    if not callable(update) or list(inspect.signature(update).parameters)[1:3] != ["scheduler_output",
+                                                                                    "model_runner_output"]:
+        raise _fail(f"{scheduler_cls.__name__}.update_from_output(scheduler_output, model_runner_output) is gone")
+
+
+def check_k_table(lookup: object, k_cap: int) -> None:
+    """After vLLM's ``__init__``: the lookup it built from the engine's
+    ``num_speculative_tokens_per_batch_size`` lists every k from 0 to ``k_cap`` (so CUDA
+    graphs were planned for each), before this module replaces it."""
+    if not isinstance(lookup, list):
+        raise _fail(f"dynamic_sd_lookup is {type(lookup).__name__} after Scheduler.__init__, not the list built "
+                    "from num_speculative_tokens_per_batch_size (was the table dropped, e.g. with data parallelism?)")
+    listed = sorted(set(lookup[1:]))
+    if listed != list(range(k_cap + 1)):
+        raise _fail(f"dynamic_sd_lookup lists k = {listed}, not every k from 0 to {k_cap}")
 
 
 class _PolicyLookup:
@@ -44,7 +110,9 @@ class _PolicyLookup:
 
 class SpecuStreamScheduler(Scheduler):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        check_vllm_hooks(Scheduler)
         super().__init__(*args, **kwargs)
+        check_k_table(self.dynamic_sd_lookup, int(self.num_spec_tokens))
         raw = os.environ.get("STREAMSERVE_SPEC_POLICY")
         if not raw:
             raise RuntimeError("SpecuStreamScheduler needs $STREAMSERVE_SPEC_POLICY (set by streamserve serve)")
