@@ -212,7 +212,7 @@ class LiveConfig(_Strict):
         if default is _ABSENT:
             return
         if default is None or not default < self.kv_lease_s:
-            self.scheduler = PolicyConfig(**opts, max_hold_s=self.kv_lease_s / 2)
+            self.scheduler = PolicyConfig.model_validate({**opts, "max_hold_s": self.kv_lease_s / 2})
 
     def side_channel_ports(self) -> list[list[int]]:
         """Each engine's NIXL handshake ports: one block of ``tp`` ports per engine,
