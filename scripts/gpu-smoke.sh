@@ -7,7 +7,8 @@
 #   --dry-run   CPU (CI): check the script's own logic, the generated commands, the hook check
 #
 # On a box where vLLM is missing (e.g. PyTorch but no network to install it), it says so in
-# one line and runs scripts/gpu-step-times.py, which measures what PyTorch alone can.
+# one line and runs scripts/gpu-step-times.py, which measures what PyTorch alone can
+# (GPU_STEP_TIMES_ARGS passes it options, e.g. "--model tiny --quick").
 # PYTHON picks the interpreter (default: .venv/bin/python if present, else python3).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +20,8 @@ for arg in "$@"; do [[ "$arg" == "--dry-run" ]] && dry=1; done
 if [[ $dry == 0 ]] && ! "$PY" -c "import vllm" >/dev/null 2>&1; then
     if "$PY" -c "import torch" >/dev/null 2>&1; then
         echo "gpu-smoke: SKIP vLLM is not importable by $PY (install it with scripts/install-vllm-gpu.sh where there is network); measuring PyTorch step times instead: scripts/gpu-step-times.py"
-        exec "$PY" scripts/gpu-step-times.py
+        # shellcheck disable=SC2086  # the options are meant to split
+        exec "$PY" scripts/gpu-step-times.py ${GPU_STEP_TIMES_ARGS:-}
     fi
     echo "gpu-smoke: SKIP neither vLLM nor PyTorch is importable by $PY; nothing to run (scripts/install-vllm-gpu.sh installs both)"
     exit 2
