@@ -324,3 +324,8 @@ def test_shipped_gpu_configs_still_parse():
     for name in ("live-gpu.yaml", "live-gpu-dp.yaml", "live-cpu.yaml"):
         text = resources.files("streamserve.configs").joinpath(name).read_text()
         engine_specs(parse_live(yaml.safe_load(text), name), base_env={}, log_dir=Path("/tmp/x"))
+
+
+def test_lease_is_whole_seconds_of_at_least_six():
+    assert "kv_lease_s" in _error(_gpu(kv_lease_s=5))
+    assert "kv_lease_s" in _error(_gpu(kv_lease_s=7.5))

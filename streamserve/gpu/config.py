@@ -101,7 +101,9 @@ class LiveConfig(_Strict):
     seed: int = 0
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1)
     attention_backend: str | None = None  # vLLM's --attention-backend for every engine; required with NIXL
-    kv_lease_s: int = Field(VLLM_KV_LEASE_S, ge=1)  # NIXL kv_lease_duration: held KV lives this long unclaimed
+    # NIXL kv_lease_duration: a prefill keeps unclaimed KV this long. vLLM renews a claimed
+    # lease every kv_lease_s // 6 s (integer seconds), so below 6 it would renew every step.
+    kv_lease_s: int = Field(VLLM_KV_LEASE_S, ge=6)
     test_shared_gpu: bool = False  # tests only: let engines share a GPU (at low gpu_memory_utilization)
     cpu_kvcache_space_gib: int = Field(1, ge=1)  # VLLM_CPU_KVCACHE_SPACE on CPU
     engines: list[EngineEntry] = Field(min_length=1)
