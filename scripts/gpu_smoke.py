@@ -371,12 +371,13 @@ def gpu_run(report: Report, args: argparse.Namespace, out: Path) -> None:
 
         def side_channels() -> tuple[bool, str, Any]:
             listening = {p: _connects(p) for e in (prefill, decode) for p in e.spec.side_ports[:1]}
-            return all(listening.values()), f"side channels accepting connections: {listening}", listening
+            ok = len(listening) == 2 and all(listening.values())  # none at all would be no NIXL
+            return ok, f"side channels accepting connections: {listening}", listening
         report.check("side_channels", side_channels)
 
         tokens = len(client.post(prefill.url + "/tokenize", json={"model": disagg.model_name,
                                                                   "prompt": PROMPT}).json()["tokens"])
-        block = 16  # vLLM's CUDA default (the smoke sets no block_size)
+        block = disagg.block_size or 16  # 16: vLLM's CUDA default
 
         def remote_blocks() -> tuple[bool, str, Any]:
             body = {"model": disagg.model_name, "prompt": PROMPT, "max_tokens": 1, "temperature": 0,
