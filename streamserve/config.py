@@ -35,12 +35,19 @@ class EngineConfig(_Strict):
     enable_chunked_prefill: bool = True
     max_waiting: int = Field(4096, ge=1)  # the lane's bounded queue
     kv_capacity_tokens: int | None = Field(None, ge=1)  # override the profile-derived capacity
+    # Steps of a lane that both prefills and decodes: ``mixed`` puts prompt chunks beside
+    # the decodes in one step (vLLM v1's chunked prefill); ``prefill_first`` runs a
+    # prefill-only step whenever a prompt can be scheduled (vLLM v0, DistServe's baseline).
+    scheduling: Literal["mixed", "prefill_first"] = "mixed"
 
     @model_validator(mode="after")
     def _budget_covers_batch(self) -> "EngineConfig":
         if self.max_num_batched_tokens < self.max_num_seqs:  # vLLM refuses this too
             raise ValueError(f"max_num_batched_tokens ({self.max_num_batched_tokens}) must be >= "
                              f"max_num_seqs ({self.max_num_seqs})")
+        if self.kv_capacity_tokens is not None and self.kv_capacity_tokens < self.block_size:
+            raise ValueError(f"kv_capacity_tokens ({self.kv_capacity_tokens}) must hold at least one block "
+                             f"(block_size {self.block_size})")
         return self
 
 
@@ -75,11 +82,15 @@ class PolicyConfig(BaseModel):
 
 
 class FaultConfig(_Strict):
+    """A fault injected into a simulated run. ``down``/``slow`` hit the lane's engine;
+    ``link_down``/``link_slow`` hit its KV link: every transfer into or out of the lane
+    (one that fails is recomputed on its decode lane)."""
+
     lane: int = Field(ge=0)
-    at: float = Field(ge=0)  # seconds of simulated time
-    kind: Literal["down", "slow"]
-    duration: float | None = Field(None, gt=0)  # None: for the rest of the run
-    factor: float = Field(2.0, ge=1)  # slowdown factor, for kind=slow
+    at: float = Field(ge=0, allow_inf_nan=False)  # seconds of simulated time
+    kind: Literal["down", "slow", "link_down", "link_slow"]
+    duration: float | None = Field(None, gt=0, allow_inf_nan=False)  # None: for the rest of the run
+    factor: float = Field(2.0, ge=1, allow_inf_nan=False)  # slowdown factor, for kind=slow and link_slow
 
 
 def check_role_mix(roles: set[str], field: str) -> None:
@@ -109,6 +120,9 @@ class ClusterConfig(_Strict):
     router: PolicyConfig = PolicyConfig(name="round_robin")
     spec_policy: PolicyConfig = PolicyConfig(name="fixed", k=0)
     faults: list[FaultConfig] = Field(default_factory=list)
+    # Seconds a prefill lane keeps KV that no decode lane has pulled; then it frees it and
+    # a decode lane placed later recomputes the prompt (vLLM's NIXL default is 30 s).
+    kv_lease_s: float = Field(30.0, gt=0, allow_inf_nan=False)
     slo: SLOConfig = Field(default_factory=lambda: SLOConfig())
     workload: dict[str, Any] | None = None  # checked by streamserve.workload
 

@@ -89,6 +89,7 @@ class LaneUsage:
     peak_kv_usage: float
     drafted: int = 0
     accepted: int = 0
+    samples: list[tuple[float, float, float]] = field(default_factory=list)  # (time, busy s so far, KV usage)
 
 
 @dataclass
@@ -100,6 +101,7 @@ class RunResult:
     itl: LogHistogram
     lanes: list[LaneUsage] = field(default_factory=list)
     k_trace: list[tuple[float, int, int]] = field(default_factory=list)  # (time, lane, k) at each k change
+    kv_recomputes: int = 0  # decode placements whose KV was gone (lease ended, link failed): prompt recomputed
 
 
 def _stats(prefix: str, values_s: np.ndarray) -> dict[str, float]:
