@@ -136,6 +136,14 @@ class ClusterConfig(_Strict):
                 err = e.errors()[0]
                 loc = ".".join(str(p) for p in err["loc"])
                 raise ValueError(f"lanes.{i}.engine.{loc}: {err['msg']}") from None
+        extra = self.scheduler.model_extra or {}
+        if extra.get("pairing") == "pairs" and not any(
+                lane.pair is not None for lane in self.lanes if lane.role == "prefill"):
+            raise ValueError("scheduler.pairing: 'pairs' needs lanes with pair ids (a prefill and a decode "
+                             "lane sharing one, e.g. {role: prefill, pair: 0})")
+        k = (self.spec_policy.model_extra or {}).get("k")
+        if self.spec_policy.name == "fixed" and isinstance(k, int) and k > self.speculation.k_max:
+            raise ValueError(f"spec_policy.k: {k} exceeds speculation.k_max ({self.speculation.k_max})")
         n_lanes = sum(lane.replicas for lane in self.lanes)
         for j, fault in enumerate(self.faults):
             if fault.lane >= n_lanes:
@@ -175,7 +183,11 @@ def read_mapping(path: str | Path) -> tuple[dict[str, Any], str]:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"{p}: config file not found")
-    text = p.read_text()
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p}: not a UTF-8 text file (byte {e.start}: {e.reason}); a config is YAML or TOML "
+                          "text") from None
     try:
         if p.suffix == ".toml":
             data = tomllib.loads(text)
@@ -192,14 +204,28 @@ def read_mapping(path: str | Path) -> tuple[dict[str, Any], str]:
     return data, text
 
 
+def _field_of(msg: str) -> tuple[Any, ...]:
+    """The field path a whole-model check names at the start of its message
+    (``faults.1.lane: ...`` -> ("faults", 1, "lane")), to find its line."""
+    head, sep, _ = msg.partition(": ")
+    if not sep or " " in head:
+        return ()
+    return tuple(int(p) if p.isdigit() else p for p in head.split("."))
+
+
+def field_line(text: str | None, path: str) -> int | None:
+    """The YAML line of the field at dotted ``path`` (None when unknown)."""
+    return _yaml_line(text, _field_of(path + ": x")) if text is not None else None
+
+
 def validation_message(e: ValidationError, origin: str, text: str | None = None, prefix: str = "") -> str:
     """Pydantic's first error as ``origin[:line]: field.path: message``."""
     err = e.errors()[0]
     loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-    line = _yaml_line(text, loc) if text is not None else None
+    msg = err["msg"].removeprefix("Value error, ")
+    line = _yaml_line(text, loc or _field_of(msg)) if text is not None else None
     where = f"{origin}:{line}" if line else origin
     field = prefix + ".".join(str(p) for p in loc)
-    msg = err["msg"].removeprefix("Value error, ")
     if msg.startswith(field + ":") or not field:
         return f"{where}: {msg}"
     return f"{where}: {field}: {msg}"

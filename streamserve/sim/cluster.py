@@ -340,6 +340,9 @@ class Cluster:
             if self.settled == before:
                 raise SimulationError(f"the run stalled with {n - self.settled} requests never sent")
         self.rec.flush()
+        for lane in self.lanes:
+            if lane.samples[-1][0] < self.env.now:
+                lane.sample(self.env.now)
         usage = [LaneUsage(lane.lane_id, lane.role.value, lane.busy_time, lane.steps,
                            lane.batch_sum / lane.steps if lane.steps else 0.0,
                            lane.kv.peak / lane.kv.total, lane.drafted, lane.accepted, lane.samples)

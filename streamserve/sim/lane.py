@@ -547,9 +547,9 @@ class SimLane:
         self.batch_sum += batch
         self.step_ewma = dt if self.steps == 1 else self.step_ewma + STEP_EWMA * (dt - self.step_ewma)
         if end >= self._next_sample:
-            self._sample(end)
+            self.sample(end)
 
-    def _sample(self, now: float) -> None:
+    def sample(self, now: float) -> None:
         """Usage over time, for plots: a few thousand points per lane however long the run."""
         samples = self.samples
         samples.append((now, self.busy_time, self.kv.used / self.kv.total))
