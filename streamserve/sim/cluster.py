@@ -223,6 +223,8 @@ class Cluster:
 
     def _end(self, req: Request, state: State, reason: str) -> None:
         """End a request the scheduler still holds (it is on no lane's queue or batch)."""
+        if req.state.terminal:
+            raise SimulationError(f"request {req.id} settled twice ({req.state.value}, then {state.value})")
         if self._awaits_decode(req):
             self.handoff.withdraw(req)  # free its KV at the prefill lane
         elif req.state is not State.QUEUED:
