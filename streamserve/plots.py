@@ -32,6 +32,7 @@ def write_plots(result: RunResult, out_dir: Path, title: str = "") -> list[Path]
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     out_dir.mkdir(parents=True, exist_ok=True)
     done = [r for r in result.requests if r.state is State.FINISHED]
@@ -64,6 +65,7 @@ def write_plots(result: RunResult, out_dir: Path, title: str = "") -> list[Path]
         ax.legend(loc="upper right")
     ax.set_xlabel("simulated time (s)")
     ax.set_ylabel("speculation depth k")
+    ax.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_title(f"{title}: k over time per decode lane")
     ax.grid(alpha=0.3)
     fig.tight_layout()
