@@ -78,3 +78,15 @@ def test_4_a_long_closed_loop_of_failing_requests_does_not_recurse():
     result = run(cluster("vllm-dp", engine={"kv_capacity_tokens": 1000}), _closed(n, clients=1, prompt=5000), seed=0)
     _accounted(result, n)
     assert all(r.state is State.FAILED and "KV tokens" in r.reason for r in result.requests)
+
+
+def test_kv_in_flight_to_a_lane_that_fails_is_requeued_not_lost():
+    # Found by the property test in a first version of sim/handoff.py (main passes it): a
+    # transfer under way to a decode lane that fails must give its request back.
+    lanes = [{"role": "prefill"}, {"role": "decode"}]
+    cfg = cluster("streamserve", lanes=lanes, link={"bandwidth_gbps": 1.0, "latency_ms": 0.1},
+                  faults=[{"lane": 1, "at": 0.5, "kind": "down", "duration": 1.0}], **FCFS)
+    result = run(cfg, workload([1000, 1000], [20, 20], [0.0, 0.05]), seed=0)
+    _accounted(result, 2)
+    assert all(r.state is State.FINISHED and r.attempts == 2 for r in result.requests)
+    assert all(r.decode_start > 1.5 for r in result.requests)

@@ -305,7 +305,7 @@ class Cluster:
         if not was_up:
             return
         # Requests whose KV was on its way to or from this lane lose it as well.
-        self.handoff.lanes_lost(lost)
+        lost += self.handoff.lane_failed(lane, lost)
         for req in lost:
             self._reset(req)
         self._callback(self.scheduler.on_lane_down(lane.lane_id, lost, self.env.now, self.view.fresh()))

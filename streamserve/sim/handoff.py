@@ -108,16 +108,24 @@ class Handoff:
         dst.recompute(req)
 
     # ------------------------------------------------------------ failures
-    def lanes_lost(self, lost: list[Request]) -> None:
-        """``lost`` came off a failed lane: undo their moves at the other end."""
-        for req in lost:
-            move = self.moves.pop(req.id, None)
-            if move is None:
-                continue
-            if move.src.healthy and move.src.holds(req.id):
+    def lane_failed(self, lane: SimLane, lost: list[Request]) -> list[Request]:
+        """``lane`` failed and ``lost`` came off it: undo the moves it was part of, at the
+        other end. Returns the requests of those moves that were not in ``lost``: KV on
+        its way to the failed lane (the source still held it; the destination is gone)."""
+        ids = {req.id for req in lost}
+        extra: list[Request] = []
+        for move in [m for m in self.moves.values() if m.dst is lane or (m.src is lane and m.req.id in ids)]:
+            req = move.req
+            del self.moves[req.id]
+            if move.src is not lane and move.src.holds(req.id):
                 move.src.release(req.id)
-            if move.dst.healthy:
+            if move.dst is not lane:
                 move.dst.cancel_incoming(req)
+            if req.id not in ids:
+                extra.append(req)
+        # A move from the failed lane whose KV had already been freed (its lease ran
+        # out) goes on: its destination recomputes the prompt when it has room.
+        return extra
 
     def withdraw(self, req: Request) -> None:
         """``req`` ends before its KV moved: free what it holds on both ends."""
