@@ -625,4 +625,8 @@ class SimLane:
                 if not deferred:
                     yield env.timeout(end - env.now)
                 self.host.step_done(self, prefilled, finished, end)
+                if env.peek() <= end:
+                    # What the step's end set off at this instant (a closed-loop client's
+                    # next request, above all) happens before the next step is planned.
+                    yield env.timeout(0)
             now = end
