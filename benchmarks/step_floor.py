@@ -38,7 +38,7 @@ class _Host:
     def alpha_of(self, req: Request) -> float:
         return self.alpha
 
-    def step_done(self, lane: SimLane, prefilled: list[Seq], finished: list[Seq], now: float) -> None:
+    def step_done(self, lane: SimLane, prefilled: list[Seq], finished: list[Seq], now: float) -> bool:
         raise AssertionError("no request may finish in this benchmark")
 
     def memory_freed(self, lane: SimLane) -> None:

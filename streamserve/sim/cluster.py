@@ -111,6 +111,7 @@ class Cluster:
         self.on_settled = on_settled
         self._all_done = self.env.event()
         self._waiting_client: dict[int, simpy.Event] = {}  # request id -> its closed-loop client
+        self._released = 0  # clients released so far
         self._next_index = 0
         self._timer: simpy.Event | None = None  # the scheduler's pending deadline, if any
         self._timer_at = math.inf
@@ -126,8 +127,9 @@ class Cluster:
     def alpha_of(self, req: Request) -> float:
         return self._alpha.get(req.dataset, 0.0)
 
-    def step_done(self, lane: SimLane, prefilled: list[Seq], finished: list[Seq], now: float) -> None:
+    def step_done(self, lane: SimLane, prefilled: list[Seq], finished: list[Seq], now: float) -> bool:
         scheduler = self.scheduler
+        released = self._released
         for seq in prefilled:
             req = seq.req
             if req.state is State.PREFILL and req.generated < req.output_len:
@@ -147,6 +149,7 @@ class Cluster:
             self.handoff.pump(lane)
         self.rec.maybe_flush()
         self._capacity_freed()
+        return self._released > released  # a client's next request comes at this instant
 
     def memory_freed(self, lane: SimLane) -> None:
         self._capacity_freed()
@@ -243,6 +246,7 @@ class Cluster:
         client = self._waiting_client.pop(req.id, None)
         if client is not None:
             client.succeed()
+            self._released += 1
         if self.settled == len(self.workload):
             self._all_done.succeed()
 

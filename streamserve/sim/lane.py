@@ -50,8 +50,10 @@ class LaneHost(Protocol):
     def alpha_of(self, req: Request) -> float:
         """Speculative acceptance rate of ``req``'s dataset."""
 
-    def step_done(self, lane: "SimLane", prefilled: list[Seq], finished: list[Seq], now: float) -> None:
-        """A step ended at ``now``: ``prefilled`` got their first token, ``finished`` their last."""
+    def step_done(self, lane: "SimLane", prefilled: list[Seq], finished: list[Seq], now: float) -> bool:
+        """A step ended at ``now``: ``prefilled`` got their first token, ``finished`` their last.
+        True when that set off something else at this instant (a closed-loop client's
+        next request) that must happen before the lane plans its next step."""
 
     def memory_freed(self, lane: "SimLane") -> None:
         """KV held for a decode lane was freed outside a step (its lease ran out)."""
@@ -624,9 +626,6 @@ class SimLane:
             if prefilled or finished:
                 if not deferred:
                     yield env.timeout(end - env.now)
-                self.host.step_done(self, prefilled, finished, end)
-                if env.peek() <= end:
-                    # What the step's end set off at this instant (a closed-loop client's
-                    # next request, above all) happens before the next step is planned.
-                    yield env.timeout(0)
+                if self.host.step_done(self, prefilled, finished, end):
+                    yield env.timeout(0)  # let it happen first
             now = end
