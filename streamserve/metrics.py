@@ -254,11 +254,24 @@ def parquet_modules() -> tuple:
     return pa, pq
 
 
+def _strict(value: object) -> object:
+    """``value`` with NaN and infinities as null: JSON has no such numbers, and a reader
+    that meets ``NaN`` in summary.json fails. (A simulated run never produces them;
+    tests/test_sim_fuzz.py checks the summary itself.)"""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(v) for v in value]
+    return value
+
+
 def write_outputs(result: RunResult, summary: dict[str, object], out_dir: Path, fmt: str = "csv") -> Path:
     """summary.json and the per-request records (requests.csv or requests.parquet); returns the latter."""
     out_dir.mkdir(parents=True, exist_ok=True)
     with open(out_dir / "summary.json", "w") as f:
-        json.dump(summary, f, indent=2, sort_keys=True, allow_nan=False)
+        json.dump(_strict(summary), f, indent=2, sort_keys=True, allow_nan=False)
         f.write("\n")
     path = out_dir / f"requests.{fmt}"
     if fmt == "parquet":

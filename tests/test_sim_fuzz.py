@@ -116,7 +116,9 @@ def _no_nan(name: str) -> float:
 
 def check_run(cfg: ClusterConfig, wl: Workload, seed: int, out: Path) -> None:
     result = run(cfg, wl, seed)
-    write_outputs(result, summarize(result, wl.slo), out)
+    summary = summarize(result, wl.slo)
+    json.dumps(summary, allow_nan=False)  # no NaN or infinity, before write_outputs would null them
+    write_outputs(result, summary, out)
     json.loads((out / "summary.json").read_text(), parse_constant=_no_nan)
     with open(out / "requests.csv") as f:
         rows = list(csv.DictReader(f))
