@@ -341,15 +341,23 @@ class SimLane:
     def _grow_decoding(self, now: float) -> None:
         """Give every decoding sequence room for the deepest step, preempting the newest
         sequences when memory is short."""
-        kv, running = self.kv, self.running
-        for seq in [s for s in self.dec if s.ctx + self._reserve_for(s) > s.cap]:
-            if not seq.decoding:
-                continue  # preempted while making room for another
-            while not kv.grow(seq, seq.ctx + self._reserve_for(seq)):
-                victim = running[-1]
-                self._preempt(victim, now)
-                if victim is seq:
-                    break
+        kv, running, reserve, dec = self.kv, self.running, self.reserve, self.dec
+        for i in range(len(dec)):
+            seq = dec[i]
+            left = seq.left
+            need = seq.ctx + (reserve if left > reserve else left)
+            if need > seq.cap and not kv.grow(seq, need):
+                # Memory is short: this one and the rest that need room, in order, each
+                # preempting the newest sequence until it fits (or is itself preempted).
+                for short in [s for s in dec[i:] if s.ctx + self._reserve_for(s) > s.cap]:
+                    if not short.decoding:
+                        continue  # preempted while making room for another
+                    while not kv.grow(short, short.ctx + self._reserve_for(short)):
+                        victim = running[-1]
+                        self._preempt(victim, now)
+                        if victim is short:
+                            break
+                break
         self._regrow = False
 
     # ------------------------------------------------------------ one engine step
