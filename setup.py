@@ -26,7 +26,10 @@ COMPILED = [
     "streamserve/policies/flowguard.py",
     "streamserve/policies/specustream.py",
     "streamserve/policies/scheduler.py",
+    "streamserve/sim/kv.py",
+    "streamserve/sim/record.py",
     "streamserve/sim/lane.py",
+    "streamserve/sim/handoff.py",
     "streamserve/sim/cluster.py",
 ]
 

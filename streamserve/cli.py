@@ -13,8 +13,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 from rich.table import Table
 
-from streamserve.config import ARCHITECTURES, ClusterConfig, ConfigError, builtin_cluster, load_cluster
-from streamserve.metrics import parse_slo, summarize, write_outputs
+from streamserve.config import ARCHITECTURES, ClusterConfig, ConfigError, builtin_cluster, parse_cluster, read_mapping
+from streamserve.metrics import DEFAULT_SLO, FORMATS, describe_slo, parquet_modules, parse_slo, summarize, write_outputs
 from streamserve.perfmodel import ProfileError
 from streamserve.policies.registry import PolicyError
 from streamserve.request import SLO
@@ -23,20 +23,49 @@ from streamserve.workload.resolve import WorkloadError, resolve_workload
 
 USER_ERRORS = (ConfigError, ProfileError, PolicyError, WorkloadError, OSError)
 PROGRESS_FROM = 20_000  # requests: below this a run is over before a bar helps
+PLOTS_FROM = 10_000  # requests: from this size on, simulate draws its plots unless --no-plots
 
 
 def cluster_from(arch: str, config: str | None) -> ClusterConfig:
-    return load_cluster(config) if config else builtin_cluster(arch)
+    """The cluster to run, its policy options checked too (file:line: field: problem)."""
+    from streamserve.policycheck import check_policies
+
+    if config:
+        data, text = read_mapping(config)
+        cluster = parse_cluster(data, config, text)
+        check_policies(cluster, config, text)
+    else:
+        cluster = builtin_cluster(arch)
+        check_policies(cluster, f"<builtin {arch}>")
+    return cluster
 
 
-def slo_from(items: tuple[str, ...], cluster: ClusterConfig) -> SLO:
+def slo_from(items: tuple[str, ...], cluster: ClusterConfig) -> tuple[SLO, str]:
+    """The run's SLO and where it came from: ``--slo``, else the cluster's ``slo:``, else
+    ``DEFAULT_SLO``. It goes on every request, so the scheduler sees it (``overload:
+    reject``, ``order: edf``) and goodput is measured against it."""
     if items:
         try:
-            return parse_slo(items)
+            return parse_slo(items), "--slo"
         except ValueError as e:
             raise click.UsageError(str(e)) from None
     s = cluster.slo
-    return SLO(None if s.ttft_ms is None else s.ttft_ms / 1e3, None if s.tpot_ms is None else s.tpot_ms / 1e3)
+    if s.ttft_ms is not None or s.tpot_ms is not None:
+        return SLO(None if s.ttft_ms is None else s.ttft_ms / 1e3, None if s.tpot_ms is None else s.tpot_ms / 1e3), "slo:"
+    return SLO(DEFAULT_SLO.ttft, DEFAULT_SLO.tpot), "default"
+
+
+def prepare_out(out: str) -> Path:
+    """Create the output directory before a long run, so a bad --out fails at once."""
+    path = Path(out)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".streamserve-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise click.BadParameter(f"{out}: {e.strerror or e}", param_hint="--out") from None
+    return path
 
 
 def summary_table(summary: dict, title: str) -> Table:
@@ -79,24 +108,37 @@ def main_group() -> None:
               help="Mean arrival rate, requests/s (default 5 for generators; traces replay as recorded).")
 @workload_options
 @click.option("--concurrency", type=click.IntRange(min=1), help="Closed loop of N clients instead of open arrivals.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--slo", multiple=True, metavar="ttft:MS|tpot:MS", help="SLO for goodput, e.g. --slo ttft:200 --slo tpot:50.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--slo", multiple=True, metavar="ttft:MS|tpot:MS",
+              help="SLO for the scheduler and goodput, e.g. --slo ttft:200 --slo tpot:50 "
+                   "(default: the cluster's slo:, else ttft:1000 tpot:50).")
 @click.option("--out", type=click.Path(file_okay=False), default="results/simulate", show_default=True,
-              help="Directory for summary.json and requests.csv.")
+              help="Directory for summary.json, the request records and plots.")
+@click.option("--out-format", "out_format", type=click.Choice(FORMATS), default="csv", show_default=True,
+              help="Request records as requests.csv, or requests.parquet (needs pyarrow).")
+@click.option("--plots/--no-plots", default=None,
+              help=f"Write latency CDFs, k over time and lane usage PNGs (default: on from {PLOTS_FROM:,} requests).")
 @click.option("--quiet", "-q", is_flag=True, help="No table, no progress bar.")
 def simulate(arch: str, config: str | None, num_requests: int | None, rate: float | None,
              workload_spec: str | None, fmt: str | None, arrival: str | None, cv: float | None, strict: bool,
-             concurrency: int | None, seed: int, slo: tuple[str, ...], out: str, quiet: bool) -> None:
-    """Simulate a cluster on a workload and write summary.json and requests.csv."""
+             concurrency: int | None, seed: int, slo: tuple[str, ...], out: str, out_format: str,
+             plots: bool | None, quiet: bool) -> None:
+    """Simulate a cluster on a workload and write summary.json and the request records."""
     from streamserve.sim import run
 
+    if out_format == "parquet":
+        parquet_modules()  # fail now, not after the run
+    out_dir = prepare_out(out)
     cluster = cluster_from(arch, config)
-    slo_obj = slo_from(slo, cluster)
+    slo_obj, slo_origin = slo_from(slo, cluster)
     console = Console(stderr=True)
+    if not quiet:
+        console.print(f"SLO: {describe_slo(slo_obj)} ({slo_origin})", highlight=False)
     workload = resolve_workload(workload_spec, fmt=fmt, num_requests=num_requests, rate=rate,
                                 concurrency=concurrency, seed=seed, arrival=arrival, cv=cv, strict=strict,
                                 config=cluster.workload, config_origin=config or f"<builtin {arch}>",
                                 warn=lambda m: console.print(f"[yellow]warning:[/yellow] {m}", highlight=False, soft_wrap=True))
+    workload.slo = slo_obj
     if quiet or len(workload) < PROGRESS_FROM:
         result = run(cluster, workload, seed)
     else:
@@ -107,11 +149,16 @@ def simulate(arch: str, config: str | None, num_requests: int | None, rate: floa
                          on_settled=lambda _, n: bar.update(task, completed=n) if n % step == 0 else None)
     summary = summarize(result, slo_obj)
     summary.update({"arch": cluster.name, "workload": workload.name, "seed": seed, "num_requests": len(workload)})
-    out_dir = Path(out)
-    write_outputs(result, summary, out_dir)
+    records = write_outputs(result, summary, out_dir, out_format)
+    written = [out_dir / "summary.json", records]
+    title = f"{cluster.name} on {workload.name} ({len(workload)} requests, seed {seed})"
+    if plots or (plots is None and len(workload) >= PLOTS_FROM):
+        from streamserve.plots import write_plots
+
+        written += write_plots(result, out_dir, title)
     if not quiet:
-        Console().print(summary_table(summary, f"{cluster.name} on {workload.name} ({len(workload)} requests, seed {seed})"))
-        console.print(f"wrote {out_dir / 'summary.json'} and {out_dir / 'requests.csv'}")
+        Console().print(summary_table(summary, title))
+        console.print(f"wrote {', '.join(str(p) for p in written)}")
 
 
 def _register_subcommands() -> None:

@@ -35,12 +35,19 @@ class EngineConfig(_Strict):
     enable_chunked_prefill: bool = True
     max_waiting: int = Field(4096, ge=1)  # the lane's bounded queue
     kv_capacity_tokens: int | None = Field(None, ge=1)  # override the profile-derived capacity
+    # Steps of a lane that both prefills and decodes: ``mixed`` puts prompt chunks beside
+    # the decodes in one step (vLLM v1's chunked prefill); ``prefill_first`` runs a
+    # prefill-only step whenever a prompt can be scheduled (vLLM v0, DistServe's baseline).
+    scheduling: Literal["mixed", "prefill_first"] = "mixed"
 
     @model_validator(mode="after")
     def _budget_covers_batch(self) -> "EngineConfig":
         if self.max_num_batched_tokens < self.max_num_seqs:  # vLLM refuses this too
             raise ValueError(f"max_num_batched_tokens ({self.max_num_batched_tokens}) must be >= "
                              f"max_num_seqs ({self.max_num_seqs})")
+        if self.kv_capacity_tokens is not None and self.kv_capacity_tokens < self.block_size:
+            raise ValueError(f"kv_capacity_tokens ({self.kv_capacity_tokens}) must hold at least one block "
+                             f"(block_size {self.block_size})")
         return self
 
 
@@ -75,11 +82,15 @@ class PolicyConfig(BaseModel):
 
 
 class FaultConfig(_Strict):
+    """A fault injected into a simulated run. ``down``/``slow`` hit the lane's engine;
+    ``link_down``/``link_slow`` hit its KV link: every transfer into or out of the lane
+    (one that fails is recomputed on its decode lane)."""
+
     lane: int = Field(ge=0)
-    at: float = Field(ge=0)  # seconds of simulated time
-    kind: Literal["down", "slow"]
-    duration: float | None = Field(None, gt=0)  # None: for the rest of the run
-    factor: float = Field(2.0, ge=1)  # slowdown factor, for kind=slow
+    at: float = Field(ge=0, allow_inf_nan=False)  # seconds of simulated time
+    kind: Literal["down", "slow", "link_down", "link_slow"]
+    duration: float | None = Field(None, gt=0, allow_inf_nan=False)  # None: for the rest of the run
+    factor: float = Field(2.0, ge=1, allow_inf_nan=False)  # slowdown factor, for kind=slow and link_slow
 
 
 def check_role_mix(roles: set[str], field: str) -> None:
@@ -109,6 +120,9 @@ class ClusterConfig(_Strict):
     router: PolicyConfig = PolicyConfig(name="round_robin")
     spec_policy: PolicyConfig = PolicyConfig(name="fixed", k=0)
     faults: list[FaultConfig] = Field(default_factory=list)
+    # Seconds a prefill lane keeps KV that no decode lane has pulled; then it frees it and
+    # a decode lane placed later recomputes the prompt (vLLM's NIXL default is 30 s).
+    kv_lease_s: float = Field(30.0, gt=0, allow_inf_nan=False)
     slo: SLOConfig = Field(default_factory=lambda: SLOConfig())
     workload: dict[str, Any] | None = None  # checked by streamserve.workload
 
@@ -122,6 +136,14 @@ class ClusterConfig(_Strict):
                 err = e.errors()[0]
                 loc = ".".join(str(p) for p in err["loc"])
                 raise ValueError(f"lanes.{i}.engine.{loc}: {err['msg']}") from None
+        extra = self.scheduler.model_extra or {}
+        if extra.get("pairing") == "pairs" and not any(
+                lane.pair is not None for lane in self.lanes if lane.role == "prefill"):
+            raise ValueError("scheduler.pairing: 'pairs' needs lanes with pair ids (a prefill and a decode "
+                             "lane sharing one, e.g. {role: prefill, pair: 0})")
+        k = (self.spec_policy.model_extra or {}).get("k")
+        if self.spec_policy.name == "fixed" and isinstance(k, int) and k > self.speculation.k_max:
+            raise ValueError(f"spec_policy.k: {k} exceeds speculation.k_max ({self.speculation.k_max})")
         n_lanes = sum(lane.replicas for lane in self.lanes)
         for j, fault in enumerate(self.faults):
             if fault.lane >= n_lanes:
@@ -161,7 +183,11 @@ def read_mapping(path: str | Path) -> tuple[dict[str, Any], str]:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"{p}: config file not found")
-    text = p.read_text()
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p}: not a UTF-8 text file (byte {e.start}: {e.reason}); a config is YAML or TOML "
+                          "text") from None
     try:
         if p.suffix == ".toml":
             data = tomllib.loads(text)
@@ -178,14 +204,28 @@ def read_mapping(path: str | Path) -> tuple[dict[str, Any], str]:
     return data, text
 
 
+def _field_of(msg: str) -> tuple[Any, ...]:
+    """The field path a whole-model check names at the start of its message
+    (``faults.1.lane: ...`` -> ("faults", 1, "lane")), to find its line."""
+    head, sep, _ = msg.partition(": ")
+    if not sep or " " in head:
+        return ()
+    return tuple(int(p) if p.isdigit() else p for p in head.split("."))
+
+
+def field_line(text: str | None, path: str) -> int | None:
+    """The YAML line of the field at dotted ``path`` (None when unknown)."""
+    return _yaml_line(text, _field_of(path + ": x")) if text is not None else None
+
+
 def validation_message(e: ValidationError, origin: str, text: str | None = None, prefix: str = "") -> str:
     """Pydantic's first error as ``origin[:line]: field.path: message``."""
     err = e.errors()[0]
     loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-    line = _yaml_line(text, loc) if text is not None else None
+    msg = err["msg"].removeprefix("Value error, ")
+    line = _yaml_line(text, loc or _field_of(msg)) if text is not None else None
     where = f"{origin}:{line}" if line else origin
     field = prefix + ".".join(str(p) for p in loc)
-    msg = err["msg"].removeprefix("Value error, ")
     if msg.startswith(field + ":") or not field:
         return f"{where}: {msg}"
     return f"{where}: {field}: {msg}"

@@ -70,7 +70,7 @@ def test_serve_bad_config_is_one_clear_error(tmp_path):
     path.write_text("model: tiny\nengines:\n  - {role: prefill, port: 9001}\n  - {role: decode, port: 9001}\n")
     r = CliRunner().invoke(cli, ["serve", "--config", str(path)])
     assert r.exit_code == 2
-    assert r.output.strip() == f"Error: {path}: engines.1.port: port 9001 is used twice"
+    assert r.output.strip() == f"Error: {path}:4: engines.1.port: port 9001 is used twice"
 
 
 def test_serve_missing_model_is_one_clear_error(tmp_path, monkeypatch):

@@ -10,7 +10,7 @@ from streamserve.workload.formats.readers import (
     AZURE_COLUMNS, BURSTGPT_COLUMNS, MOONCAKE_KEYS, read_azure, read_burstgpt, read_generic, read_mooncake,
 )
 from streamserve.workload.formats.sharegpt import read_sharegpt
-from streamserve.workload.formats.table import check_readable, csv_header, find_column
+from streamserve.workload.formats.table import bounded_lines, check_readable, csv_header, find_column
 from streamserve.workload.formats.trace import Trace
 from streamserve.workload.spec import ColumnMap, WorkloadConfig
 
@@ -30,7 +30,7 @@ SPEC_SUFFIXES = (".yaml", ".yml", ".toml")
 def _first_line(path: Path) -> tuple[str, int]:
     check_readable(path)
     with path.open("rb") as f:
-        for lineno, raw in enumerate(f, start=1):
+        for lineno, raw in bounded_lines(f, path):
             text = raw.decode("utf-8-sig", errors="replace").strip()
             if text:
                 return text, lineno

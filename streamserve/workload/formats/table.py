@@ -21,7 +21,7 @@ import warnings
 from collections import abc
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import BinaryIO, Iterator, Literal, Sequence
 
 import numpy as np
 
@@ -29,6 +29,17 @@ from streamserve.workload.errors import WorkloadError, fail
 
 Kind = Literal["float", "time", "text", "ints"]
 CHUNK_BYTES = 16 << 20
+MAX_LINE_BYTES = 4 << 20  # one request per line: longer is a broken or binary file, and would cost GBs to parse
+# Leading bytes of files that are not UTF-8 text, and what to do about them.
+NOT_TEXT = (
+    (b"\x1f\x8b", "is gzip-compressed: decompress it first (gunzip -k FILE)"),
+    (b"BZh", "is bzip2-compressed: decompress it first (bunzip2 -k FILE)"),
+    (b"\xfd7zXZ", "is xz-compressed: decompress it first (unxz -k FILE)"),
+    (b"\x28\xb5\x2f\xfd", "is zstd-compressed: decompress it first (zstd -d FILE)"),
+    (b"PK\x03\x04", "is a zip archive: extract the trace from it first"),
+    (b"\xff\xfe", "is UTF-16 text: convert it to UTF-8 first (iconv -f UTF-16 -t UTF-8 FILE)"),
+    (b"\xfe\xff", "is UTF-16 text: convert it to UTF-8 first (iconv -f UTF-16 -t UTF-8 FILE)"),
+)
 
 
 @dataclass
@@ -84,15 +95,40 @@ class Ragged(abc.Sequence):
 
 # ---------------------------------------------------------------- helpers
 def check_readable(path: Path) -> None:
+    """A one-line error unless ``path`` is a readable file of UTF-8 text (or plain ASCII)."""
     try:
-        with path.open("rb"):
-            pass
+        with path.open("rb") as f:
+            head = f.read(64)
     except FileNotFoundError:
         raise WorkloadError(f"{path}: workload file not found") from None
     except IsADirectoryError:
         raise WorkloadError(f"{path}: is a directory, not a workload file") from None
     except PermissionError:
         raise WorkloadError(f"{path}: cannot read the file (permission denied)") from None
+    for magic, what in NOT_TEXT:
+        if head.startswith(magic):
+            raise WorkloadError(f"{path}: {what}")
+    if b"\x00" in head:  # UTF-16/32 without a byte-order mark, or a binary file
+        raise WorkloadError(f"{path}: not UTF-8 text (NUL bytes at the start: UTF-16, or a binary file)")
+
+
+def _longest_line(chunk: bytes) -> int:
+    ends = np.flatnonzero(np.frombuffer(chunk, dtype=np.uint8) == 10)
+    return int(np.diff(ends, prepend=-1, append=len(chunk)).max())
+
+
+def bounded_lines(f: BinaryIO, path: Path, start: int = 1) -> Iterator[tuple[int, bytes]]:
+    """``(line number, line)`` of an open file, refusing a line over ``MAX_LINE_BYTES``."""
+    lineno = start
+    while True:
+        line = f.readline(MAX_LINE_BYTES + 1)
+        if not line:
+            return
+        if len(line) > MAX_LINE_BYTES:
+            raise WorkloadError(f"{path}:{lineno}: line longer than {MAX_LINE_BYTES >> 20} MiB "
+                                "(a trace holds one request per line)")
+        yield lineno, line
+        lineno += 1
 
 
 def _is_float(s: bytes) -> bool:
@@ -172,7 +208,7 @@ def csv_header(path: Path) -> tuple[list[str], int]:
     """The header fields of a CSV file and the line they are on (after blank lines)."""
     check_readable(path)
     with path.open("rb") as f:
-        for lineno, line in enumerate(f, start=1):
+        for lineno, line in bounded_lines(f, path):
             text = line.decode("utf-8-sig", errors="replace").split("\r")[0].strip()
             if text:
                 return [h.strip() for h in _csv_row(text, path, lineno)], lineno
@@ -208,7 +244,14 @@ def read_csv(path: Path, columns: dict[str, tuple[str, Kind]]) -> Table:
             chunk = f.read(CHUNK_BYTES)
             if not chunk:
                 break
-            chunk += f.readline()
+            tail = f.readline(MAX_LINE_BYTES + 1)
+            if len(tail) > MAX_LINE_BYTES:
+                raise WorkloadError(f"{path}: a line longer than {MAX_LINE_BYTES >> 20} MiB after line "
+                                    f"{table.line(rows)} (a trace holds one request per line)")
+            chunk += tail
+            if len(chunk) > MAX_LINE_BYTES and _longest_line(chunk) > MAX_LINE_BYTES:
+                raise WorkloadError(f"{path}: a line longer than {MAX_LINE_BYTES >> 20} MiB after line "
+                                    f"{table.line(rows)} (a trace holds one request per line)")
             if b"\r" in chunk:
                 chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
             # Blank lines at the very end of the file are harmless; anywhere else they
@@ -337,7 +380,7 @@ def read_jsonl(path: Path, columns: dict[str, tuple[str, Kind]], optional: Seque
             pending[name] = []
 
     with path.open("rb") as f:
-        for lineno, line in enumerate(f, start=1):
+        for lineno, line in bounded_lines(f, path):
             if not line.strip():
                 continue
             try:

@@ -43,11 +43,14 @@ class Trace:
         )
 
 
+MAX_TOKENS = 10_000_000  # per prompt or output: 10x the longest context windows offered today
+
+
 def lengths(table: Table, key: str, label: str, minimum: int = 1) -> np.ndarray:
-    """Column ``key`` as token counts: finite whole numbers >= ``minimum``."""
+    """Column ``key`` as token counts: finite whole numbers in [``minimum``, ``MAX_TOKENS``]."""
     x = table.columns[key]
     assert isinstance(x, np.ndarray)
-    bad = ~np.isfinite(x) | (x < minimum) | (x != np.floor(x))
+    bad = ~np.isfinite(x) | (x < minimum) | (x != np.floor(x)) | (x > MAX_TOKENS)
     if bad.any():
         i = int(np.argmax(bad))
         v = float(x[i])
@@ -59,6 +62,8 @@ def lengths(table: Table, key: str, label: str, minimum: int = 1) -> np.ndarray:
             problem = f"negative length {v:g}"
         elif v < minimum:
             problem = f"length {v:g} is below the minimum of {minimum}"
+        elif v > MAX_TOKENS:
+            problem = f"length {v:g} is above the bound of {MAX_TOKENS:,} tokens"
         else:
             problem = f"length {v:g} is not a whole number of tokens"
         raise fail(table.path, table.line(i), label, problem)
