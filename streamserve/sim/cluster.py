@@ -36,12 +36,12 @@ class SimulationError(Exception):
 def lane_perfs(cfg: ClusterConfig) -> dict[int, LanePerf]:
     """The performance model of every lane, by lane id (replicas expanded in order)."""
     profile = Profile.load(cfg.profile)
-    draft = cfg.speculation.draft_model if cfg.speculation.method == "draft" else (
-        "ngram" if cfg.speculation.method == "ngram" else None)
+    method = cfg.speculation.method
+    draft = cfg.speculation.draft_model if method == "draft" else (None if method == "none" else method)
     perfs: dict[int, LanePerf] = {}
     for lane_cfg in cfg.lanes:
         for _ in range(lane_cfg.replicas):
-            perfs[len(perfs)] = profile.lane(cfg.model, cfg.gpu, lane_cfg.tp, draft)
+            perfs[len(perfs)] = profile.lane(cfg.model, cfg.gpu, lane_cfg.tp, draft, lane_cfg.role)
     return perfs
 
 
@@ -166,8 +166,9 @@ class Cluster:
                         f"scheduler placed request {req.id} for {action.phase.value} on lane "
                         f"{lane.lane_id} ({lane.role.value}, healthy={lane.healthy})")
                 why = lane.misfit(req)
-                if why:
-                    self._settle(req, State.FAILED, why)
+                if why:  # beyond the model's context window: rejected, as vLLM answers 400
+                    over = req.prompt_len + req.output_len > lane.perf.max_model_len
+                    self._settle(req, State.REJECTED if over else State.FAILED, why)
                     continue
                 if action.phase is Phase.PREFILL:
                     req.state = State.PREFILL
