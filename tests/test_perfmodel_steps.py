@@ -101,7 +101,7 @@ def test_draft_methods_cost_what_they_run():
 def test_request_beyond_the_context_window_is_rejected_with_the_reason():
     res = run(cluster("streamserve"), workload([2000, 500], [100, 20], [0.0, 0.0]))
     big, ok = res.requests
-    assert big.state is State.REJECTED and "context window of 2048" in big.reason
+    assert big.state is State.REJECTED and "context window of 2048" in big.reason and big.attempts == 0
     assert ok.state is State.FINISHED
 
 

@@ -79,6 +79,7 @@ class Cluster:
         self.workload = workload
         self.env = simpy.Environment()
         perfs = lane_perfs(cfg)
+        self.max_model_len = min(p.max_model_len for p in perfs.values())
         k_max = cfg.speculation.k_max if cfg.speculation.method != "none" else 0
         self.spec: SpecPolicy = build_spec_policy(cfg.spec_policy.model_dump(), perfs, k_max)
         router = build_router(cfg.router.model_dump(), perfs, seed)
@@ -151,6 +152,11 @@ class Cluster:
     def _arrive(self, i: int, t: float) -> None:
         req = self.workload.request(i, t)
         self.requests[i] = req
+        if req.prompt_len + req.output_len > self.max_model_len:  # vLLM's front end answers 400
+            why = (f"prompt + output = {req.prompt_len + req.output_len} tokens exceeds the model's context "
+                   f"window of {self.max_model_len}")
+            self.env.timeout(0).callbacks.append(lambda _e: self._settle(req, State.REJECTED, why))
+            return
         self._execute(self.scheduler.on_arrival(req, t, self.view.fresh()))
 
     # ------------------------------------------------------------ actions
@@ -166,9 +172,8 @@ class Cluster:
                         f"scheduler placed request {req.id} for {action.phase.value} on lane "
                         f"{lane.lane_id} ({lane.role.value}, healthy={lane.healthy})")
                 why = lane.misfit(req)
-                if why:  # beyond the model's context window: rejected, as vLLM answers 400
-                    over = req.prompt_len + req.output_len > lane.perf.max_model_len
-                    self._settle(req, State.REJECTED if over else State.FAILED, why)
+                if why:
+                    self._settle(req, State.FAILED, why)
                     continue
                 if action.phase is Phase.PREFILL:
                     req.state = State.PREFILL

@@ -147,11 +147,8 @@ class SimLane:
 
     def misfit(self, req: Request) -> str:
         """Why the request could never run here ('' if it can): its whole context must fit
-        the model's window and KV, and without chunked prefill one step's token budget
-        (vLLM's own rules)."""
+        in KV, and without chunked prefill in one step's token budget (vLLM's own rule)."""
         need = req.prompt_len + req.output_len
-        if need > self.perf.max_model_len:  # vLLM answers 400 for this
-            return f"prompt + output = {need} tokens exceeds {self.perf.model}'s context window of {self.perf.max_model_len}"
         if self.blocks_for(need) > self.total_blocks:
             return f"needs {need} KV tokens; lane {self.lane_id} holds {self.total_blocks * self.block_size}"
         if not self.chunked and need > self.max_tokens:

@@ -22,11 +22,15 @@ with ``workload.alpha`` for a weaker one.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy.optimize import brentq
 
 from streamserve.workload.synthetic import LengthDist
+
+if TYPE_CHECKING:
+    from streamserve.workload.base import Workload
 
 EAGLE2_DEPTH = 6
 EAGLE2_TAU = {"humaneval": 5.3, "gsm8k": 5.0, "alpaca": 4.9, "sum": 4.1}
@@ -148,6 +152,21 @@ DATASETS: dict[str, Dataset] = {
                           "acceptance: EAGLE-2 Table 1, CNN/DM"),
 }
 PAPER_MIX = {"alpaca": 0.25, "gsm8k": 0.25, "humaneval": 0.25, "sum": 0.25}  # 80 queries each
+
+
+def window_note(workload: "Workload", model: str) -> str:
+    """A warning line when some requests of ``workload`` cannot fit ``model``'s context
+    window (prompt + output above it): the runtimes reject those, as vLLM answers 400."""
+    from streamserve.specs import MODELS
+
+    spec = MODELS.get(model)
+    if spec is None or len(workload) == 0:
+        return ""
+    over = int(np.count_nonzero(workload.prompt_len + workload.output_len > spec.max_model_len))
+    if not over:
+        return ""
+    return (f"workload {workload.name}: {over} of {len(workload)} requests ({over / len(workload):.0%}) need more "
+            f"than {model}'s context window of {spec.max_model_len} tokens (prompt + output); they will be rejected")
 
 
 def parse_mix(spec: str) -> dict[str, float]:
