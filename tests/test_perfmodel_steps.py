@@ -120,3 +120,18 @@ def test_roofline_model_and_gpu_simulate_end_to_end(tmp_path):
     assert p.returncode == 2
     line, = p.stderr.strip().splitlines()
     assert "bad.yaml:1: model: unknown model 'llama-9' (known: opt-13b, llama-2-7b" in line
+
+
+def test_acceptance_follows_the_draft_method():
+    from streamserve.sim import Cluster
+    from streamserve.workload.datasets import DATASETS
+    from streamserve.workload.resolve import resolve_workload
+
+    w = resolve_workload("mix", num_requests=40, rate=1.0, config={"alpha": {"sum": 0.5}})
+    for method in ("ngram", "draft", "eagle"):
+        spec = {"method": method, "k_max": 4}
+        c = Cluster(cluster("streamserve", speculation=spec), w, 0)
+        assert c._alpha["gsm8k"] == DATASETS["gsm8k"].acceptance[method]
+        assert c._alpha["sum"] == 0.5  # the config's figure wins
+    table = DATASETS["sum"].acceptance
+    assert table["ngram"] < table["eagle"] and DATASETS["alpaca"].acceptance["ngram"] < table["ngram"]

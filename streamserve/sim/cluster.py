@@ -89,7 +89,8 @@ class Cluster:
         self.itl_buffer: list[float] = []  # gaps recorded one by one
         self.itl_bulk: list[tuple[float, int]] = []  # (gap, count): a decode step's lockstep sequences
         self.k_trace: list[tuple[float, int, int]] = []
-        self._alpha = {name: workload.alpha_of(name) for name in workload.datasets}
+        method = cfg.speculation.method  # acceptance matches the draft that makes the tokens
+        self._alpha = {name: workload.alpha_of(name, method) for name in workload.datasets}
 
         rng = random.Random(seed)
         self.lanes: list[SimLane] = []
