@@ -1,6 +1,6 @@
 """SpecuStream against every fixed speculation depth, across load and burstiness.
 
-    nice python benchmarks/specustream_sweep.py [--seeds 5] [--n 3000] [--out benchmarks/results]
+    nice python benchmarks/specustream_sweep.py [--seeds 5] [--n 2000] [--out benchmarks/results]
 
 The paper's setup on the roofline step model: ``model: llama-3-8b`` on four A800-40GB
 (the built-in ``streamserve`` architecture: two stream pairs, StreamScheduler, FlowGuard),
@@ -44,9 +44,12 @@ def cluster(method: str, policy: dict) -> ClusterConfig:
 POLICIES = [("specustream", {"name": "specustream"})] + [(f"k={k}", {"name": "fixed", "k": k}) for k in range(K_MAX + 1)]
 
 
-def sweep(methods: list[str], seeds: int, n: int) -> dict:
-    runs = []
-    caps = {}
+def sweep(methods: list[str], seeds: int, n: int, save: Path | None = None) -> dict:
+    runs: list[dict] = []
+    caps: dict[str, float] = {}
+    data = {"model": MODEL, "gpu": GPU, "k_max": K_MAX, "n": n, "seeds": seeds, "capacity_rps": caps,
+            "slo": {"default": [DEFAULT_SLO.ttft, DEFAULT_SLO.tpot], "tight": [TIGHT_SLO.ttft, TIGHT_SLO.tpot]},
+            "machine": f"{platform.node()}: 2 shared cores, no GPU (noisy)", "runs": runs}
     for method in methods:
         caps[method] = cap = measure_capacity(cluster(method, {"name": "specustream"}), "paper", n=2000, seed=0)
         for load in LOADS:
@@ -64,9 +67,9 @@ def sweep(methods: list[str], seeds: int, n: int) -> dict:
                                      "p99_ttft_ms": s["p99_ttft_ms"], "mean_k": mean_k(result),
                                      "wall_s": time.perf_counter() - t0})
                     print(method, load, arrival, seed, flush=True)
-    return {"model": MODEL, "gpu": GPU, "k_max": K_MAX, "n": n, "seeds": seeds, "capacity_rps": caps,
-            "slo": {"default": [DEFAULT_SLO.ttft, DEFAULT_SLO.tpot], "tight": [TIGHT_SLO.ttft, TIGHT_SLO.tpot]},
-            "machine": f"{platform.node()}: 2 shared cores, no GPU (noisy)", "runs": runs}
+                if save is not None:  # what is done so far, so a long sweep can be reported part-way
+                    save.write_text(json.dumps(data, indent=1) + "\n")
+    return data
 
 
 def _stats(xs: list[float]) -> tuple[float, float]:
@@ -105,7 +108,7 @@ def report(data: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=5)
-    ap.add_argument("--n", type=int, default=3000)
+    ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--methods", default="eagle,draft")
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--report-only", action="store_true", help="rewrite the .md from the .json")
@@ -115,7 +118,7 @@ def main() -> None:
     if args.report_only:
         data = json.loads((out / "specustream_sweep.json").read_text())
     else:
-        data = sweep(args.methods.split(","), args.seeds, args.n)
+        data = sweep(args.methods.split(","), args.seeds, args.n, out / "specustream_sweep.json")
         (out / "specustream_sweep.json").write_text(json.dumps(data, indent=1) + "\n")
     (out / "specustream_sweep.md").write_text(report(data) + "\n")
     print(report(data))
