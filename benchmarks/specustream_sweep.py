@@ -8,7 +8,9 @@ the paper's four datasets in equal parts (``mix``). For each draft method (``eag
 default, and ``draft``, a Llama-3.2-1B draft model), each load (40%, 70%, 90% of the
 capacity) and each arrival process (Poisson; gamma with coefficient of variation 3), every
 policy runs on the same requests: ``fixed`` k = 0..k_max and ``specustream``. Capacity is
-measured once per method: a closed loop of 256 clients under SpecuStream. Goodput is
+measured once per method: a closed loop of 256 clients under SpecuStream.
+``--workload alpaca`` runs the same sweep on a decode-heavy workload (short prompts),
+where the decode batch crosses the memory/compute knee under load. Goodput is
 requests per second meeting the SLO, under the default (TTFT 1 s, TPOT 50 ms) and the
 tight (TTFT 1 s, TPOT 15 ms) SLO of ``streamserve.experiments.ablate``. Writes
 ``specustream_sweep.json`` (every run) and ``specustream_sweep.md`` (mean and standard
@@ -23,8 +25,9 @@ import statistics
 import time
 from pathlib import Path
 
+import streamserve
 from streamserve.config import ClusterConfig, builtin_cluster
-from streamserve.experiments.ablate import DEFAULT_SLO, TIGHT_SLO, mean_k, measure_capacity
+from streamserve.experiments.ablate import DEFAULT_SLO, TIGHT_SLO, mean_k
 from streamserve.metrics import summarize
 from streamserve.sim import run
 from streamserve.workload.resolve import resolve_workload
@@ -44,18 +47,20 @@ def cluster(method: str, policy: dict) -> ClusterConfig:
 POLICIES = [("specustream", {"name": "specustream"})] + [(f"k={k}", {"name": "fixed", "k": k}) for k in range(K_MAX + 1)]
 
 
-def sweep(methods: list[str], seeds: int, n: int, save: Path | None = None) -> dict:
+def sweep(methods: list[str], seeds: int, n: int, workload: str = "mix", save: Path | None = None) -> dict:
     runs: list[dict] = []
     caps: dict[str, float] = {}
-    data = {"model": MODEL, "gpu": GPU, "k_max": K_MAX, "n": n, "seeds": seeds, "capacity_rps": caps,
+    data = {"model": MODEL, "gpu": GPU, "workload": workload, "k_max": K_MAX, "n": n, "seeds": seeds, "capacity_rps": caps,
             "slo": {"default": [DEFAULT_SLO.ttft, DEFAULT_SLO.tpot], "tight": [TIGHT_SLO.ttft, TIGHT_SLO.tpot]},
-            "machine": f"{platform.node()}: 2 shared cores, no GPU (noisy)", "runs": runs}
+            "machine": f"{platform.node()}: 2 shared cores, no GPU (noisy)",
+            "hot_path": "compiled (mypyc)" if streamserve.COMPILED else "plain Python", "runs": runs}
     for method in methods:
-        caps[method] = cap = measure_capacity(cluster(method, {"name": "specustream"}), "paper", n=2000, seed=0)
+        closed = resolve_workload(workload, num_requests=2000, concurrency=256, seed=1)
+        caps[method] = cap = float(summarize(run(cluster(method, {"name": "specustream"}), closed, 0))["request_throughput"])
         for load in LOADS:
             for arrival, cv in ARRIVALS:
                 for seed in range(seeds):
-                    wl = resolve_workload("mix", num_requests=n, rate=load * cap, arrival=arrival, cv=cv, seed=100 + seed)
+                    wl = resolve_workload(workload, num_requests=n, rate=load * cap, arrival=arrival, cv=cv, seed=100 + seed)
                     wl.slo = DEFAULT_SLO
                     for name, policy in POLICIES:
                         t0 = time.perf_counter()
@@ -77,7 +82,7 @@ def _stats(xs: list[float]) -> tuple[float, float]:
 
 
 def report(data: dict) -> str:
-    lines = [f"# SpecuStream vs fixed k: {data['model']} on 4 x {data['gpu']}, mix workload",
+    lines = [f"# SpecuStream vs fixed k: {data['model']} on 4 x {data['gpu']}, {data.get('workload', 'mix')} workload",
              "", f"Written by benchmarks/specustream_sweep.py ({data['n']} requests x {data['seeds']} seeds per "
              f"setting; capacity {', '.join(f'{m}: {c:.2f} req/s' for m, c in data['capacity_rps'].items())}; "
              f"{data['machine']}). Goodput in requests/s meeting the SLO, mean +- standard deviation over seeds. "
@@ -110,17 +115,19 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--methods", default="eagle,draft")
+    ap.add_argument("--workload", default="mix", help="a named workload (mix, alpaca, ...)")
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--report-only", action="store_true", help="rewrite the .md from the .json")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    stem = "specustream_sweep" if args.workload == "mix" else f"specustream_sweep_{args.workload}"
     if args.report_only:
-        data = json.loads((out / "specustream_sweep.json").read_text())
+        data = json.loads((out / f"{stem}.json").read_text())
     else:
-        data = sweep(args.methods.split(","), args.seeds, args.n, out / "specustream_sweep.json")
-        (out / "specustream_sweep.json").write_text(json.dumps(data, indent=1) + "\n")
-    (out / "specustream_sweep.md").write_text(report(data) + "\n")
+        data = sweep(args.methods.split(","), args.seeds, args.n, args.workload, out / f"{stem}.json")
+        (out / f"{stem}.json").write_text(json.dumps(data, indent=1) + "\n")
+    (out / f"{stem}.md").write_text(report(data) + "\n")
     print(report(data))
 
 
