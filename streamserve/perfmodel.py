@@ -208,10 +208,9 @@ class Profile:
                     raise ProfileError(f"{where}.roles: unknown role {role!r} (roles: {', '.join(ROLES)}, *)")
                 if not isinstance(body, dict) or not ({"prompt", "decode"} & set(body)):
                     raise ProfileError(f"{where}.roles.{role}: needs a 'prompt' or a 'decode' set (or both)")
-                prompt = body.get("prompt", body.get("decode"))
-                decode = body.get("decode", body.get("prompt"))
-                sets[role] = (_step_coeffs(prompt, f"{where}.roles.{role}.prompt"),
-                              _step_coeffs(decode, f"{where}.roles.{role}.decode"))
+                given = {name: _step_coeffs(body[name], f"{where}.roles.{role}.{name}")
+                         for name in ("prompt", "decode") if name in body}
+                sets[role] = (given.get("prompt") or given["decode"], given.get("decode") or given["prompt"])
             self.entries[key] = sets
 
     @classmethod

@@ -135,3 +135,28 @@ def test_acceptance_follows_the_draft_method():
         assert c._alpha["sum"] == 0.5  # the config's figure wins
     table = DATASETS["sum"].acceptance
     assert table["ngram"] < table["eagle"] and DATASETS["alpaca"].acceptance["ngram"] < table["ngram"]
+
+
+@pytest.mark.parametrize("body,message", [
+    ({"roles": {"decode": {"decode": {"overhead_ms": -1}}}}, r"roles.decode.decode.overhead_ms: must be >= 0"),
+    ({"roles": {"decode": {"decode": {"a": 1}}}}, r"unknown field 'a'"),
+    ({"roles": {"gpu": {"decode": {}}}}, r"unknown role 'gpu'"),
+    ({"roles": {"decode": {}}}, r"needs a 'prompt' or a 'decode' set"),
+    ({}, r"needs model, gpu, tp and roles"),
+])
+def test_bad_profile_entries_name_the_field(body, message):
+    from streamserve.perfmodel import ProfileError
+
+    entry = {"model": "opt-13b", "gpu": "A100-80GB", "tp": 1, **body}
+    with pytest.raises(ProfileError, match=r"^p.json: entries\[0\].*" + message):
+        Profile({"format": "streamserve-profile", "version": 2, "entries": [entry]}, "p.json")
+
+
+def test_window_warning_names_the_share_over_the_window():
+    from streamserve.workload.datasets import window_note
+    from streamserve.workload.resolve import resolve_workload
+
+    w = resolve_workload("sum", num_requests=200, rate=1.0)
+    note = window_note(w, "opt-13b")
+    assert note.startswith("workload sum: ") and "opt-13b's context window of 2048 tokens" in note
+    assert window_note(w, "llama-3-8b") == ""
