@@ -19,6 +19,7 @@ from streamserve.perfmodel import ProfileError
 from streamserve.policies.registry import PolicyError
 from streamserve.request import SLO
 from streamserve.workload.cli_options import workload_options
+from streamserve.workload.datasets import window_note
 from streamserve.workload.resolve import WorkloadError, resolve_workload
 
 USER_ERRORS = (ConfigError, ProfileError, PolicyError, WorkloadError, OSError)
@@ -139,6 +140,9 @@ def simulate(arch: str, config: str | None, num_requests: int | None, rate: floa
                                 config=cluster.workload, config_origin=config or f"<builtin {arch}>",
                                 warn=lambda m: console.print(f"[yellow]warning:[/yellow] {m}", highlight=False, soft_wrap=True))
     workload.slo = slo_obj
+    over = window_note(workload, cluster.model)
+    if over:
+        console.print(f"[yellow]warning:[/yellow] {over}", highlight=False, soft_wrap=True)
     if quiet or len(workload) < PROGRESS_FROM:
         result = run(cluster, workload, seed)
     else:

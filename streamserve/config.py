@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from streamserve.specs import GPUS, MODELS
 
 ARCHITECTURES = ("streamserve", "vllm-tp", "vllm-dp")
 
@@ -69,8 +71,8 @@ class LinkConfig(_Strict):
 class SpeculationConfig(_Strict):
     """How drafts are made; which k to use each step is the speculation policy's job."""
 
-    method: Literal["none", "ngram", "draft"] = "none"
-    draft_model: str = "small-model"  # a ``drafts`` entry of the profile, for method=draft
+    method: Literal["none", "ngram", "draft", "eagle"] = "none"
+    draft_model: str = "small-model"  # method=draft: a draft model spec name, or the target family's default
     k_max: int = Field(4, ge=0, le=16)
 
 
@@ -111,7 +113,7 @@ class ClusterConfig(_Strict):
     name: str = "custom"
     model: str = "opt-13b"
     gpu: str = "A100-80GB"
-    profile: str | None = None  # path to a profile JSON; None: the built-in one
+    profile: str | None = None  # path to a profile JSON; None: the built-in one (roofline for pairs it lacks)
     engine: EngineConfig = EngineConfig()
     lanes: list[LaneConfig] = Field(min_length=1)
     link: LinkConfig = LinkConfig()
@@ -125,6 +127,20 @@ class ClusterConfig(_Strict):
     kv_lease_s: float = Field(30.0, gt=0, allow_inf_nan=False)
     slo: SLOConfig = Field(default_factory=lambda: SLOConfig())
     workload: dict[str, Any] | None = None  # checked by streamserve.workload
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, v: str) -> str:
+        if v not in MODELS:
+            raise ValueError(f"unknown model {v!r} (known: {', '.join(MODELS)})")
+        return v
+
+    @field_validator("gpu")
+    @classmethod
+    def _known_gpu(cls, v: str) -> str:
+        if v not in GPUS:
+            raise ValueError(f"unknown GPU {v!r} (known: {', '.join(GPUS)})")
+        return v
 
     @model_validator(mode="after")
     def _check_roles(self) -> "ClusterConfig":

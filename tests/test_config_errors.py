@@ -64,8 +64,14 @@ def test_profile_version_and_missing_entry(tmp_path):
     p.write_text(json.dumps(data))
     with pytest.raises(ProfileError, match="field 'version' is 99"):
         Profile.load(p)
-    with pytest.raises(ProfileError, match="no entry for model=opt-13b gpu=H100 tp=1"):
-        Profile.load().lane("opt-13b", "H100", 1)
+    data["version"] = 1
+    p.write_text(json.dumps(data))
+    with pytest.raises(ProfileError, match="version 1 .* is no longer read; convert"):
+        Profile.load(p)
+    # a pair the profile lacks falls back to the roofline; an unknown name says what is known
+    assert Profile.load().lane("opt-13b", "H100", 1).source.startswith("roofline")
+    with pytest.raises(ProfileError, match="unknown GPU 'B300' .known: A100-40GB, A100-80GB"):
+        Profile.load().lane("opt-13b", "B300", 1)
 
 
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:

@@ -10,9 +10,16 @@ from pathlib import Path
 
 import pytest
 
+from streamserve.config import builtin_cluster
 from streamserve.experiments.ablate import VARIANTS, format_table, run_ablation, write_report
 
 pytest.importorskip("simpy")
+
+# The paper's setup (as benchmarks/ablation_scenarios.py): OPT-13B's 2,048-token window
+# would turn most SUM requests away. Thresholds re-measured with the token-based step
+# model (issue 12); the means over 6 seeds x 10,000 requests are in
+# benchmarks/results/ablation_scenarios.md.
+PAPER = builtin_cluster("streamserve").model_copy(update={"model": "llama-3-8b", "gpu": "A800-40GB"})
 
 
 def rows(report) -> dict[str, dict]:
@@ -21,33 +28,33 @@ def rows(report) -> dict[str, dict]:
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_full_streamserve_beats_fixed_k_and_round_robin_on_a_symmetric_cluster(seed: int) -> None:
-    r = rows(run_ablation(n=4000, seed=seed, scenario="paper", variants=VARIANTS[:3]))
+    r = rows(run_ablation(n=4000, seed=seed, scenario="paper", variants=VARIANTS[:3], base=PAPER))
     full, rr, fixed = r["streamserve"], r["no-flowguard"], r["no-specustream"]
     assert all(x["completed"] == 4000 for x in (full, rr, fixed))
     # SpecuStream: faster decoding, a shorter tail, more requests within a tight TPOT SLO.
-    assert full["p99_e2el_ms"] < 0.98 * fixed["p99_e2el_ms"]
+    assert full["p99_e2el_ms"] < fixed["p99_e2el_ms"]
     assert full["mean_tpot_ms"] < 0.95 * fixed["mean_tpot_ms"]
     assert full["request_goodput_tight"] > fixed["request_goodput_tight"]
-    # FlowGuard: prefilling short prompts on decode lanes during bursts cuts TTFT, which
-    # sets goodput. Those prompts are capped (local_max_prompt: 64) so that the decode
-    # stalls they cause do not lengthen the tail of long outputs: one run's p99 E2E is
-    # round-robin's within noise here (1% lower on average over 16 seeds of 10,000
-    # requests: benchmarks/results/local_prefill_tradeoff.md).
-    assert full["p99_ttft_ms"] < 0.9 * rr["p99_ttft_ms"]
-    assert full["request_goodput"] > 1.15 * rr["request_goodput"]
-    assert full["request_goodput_tight"] > 1.1 * rr["request_goodput_tight"]
-    assert full["p99_e2el_ms"] < 1.02 * rr["p99_e2el_ms"]
+    # FlowGuard: prefilling short prompts on decode lanes during bursts cuts TTFT. Those
+    # prompts are capped (local_max_prompt: 64) so that the decode stalls they cause do
+    # not lengthen the tail of long outputs: one run's p99 E2E is round-robin's within
+    # noise here. With the token-based step model the goodput edge is small (1.5% over 6
+    # seeds; 6% under the tight SLO).
+    assert full["p99_ttft_ms"] < 0.97 * rr["p99_ttft_ms"]
+    assert full["request_goodput"] > rr["request_goodput"]
+    assert full["request_goodput_tight"] > 1.03 * rr["request_goodput_tight"]
+    assert full["p99_e2el_ms"] < 1.05 * rr["p99_e2el_ms"]
 
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_full_streamserve_beats_both_ablations_with_a_straggler(seed: int) -> None:
-    r = rows(run_ablation(n=4000, seed=seed, scenario="straggler", variants=VARIANTS[:3]))
+    r = rows(run_ablation(n=4000, seed=seed, scenario="straggler", variants=VARIANTS[:3], base=PAPER))
     full, rr, fixed = r["streamserve"], r["no-flowguard"], r["no-specustream"]
     assert all(x["completed"] == 4000 for x in (full, rr, fixed))
-    assert full["p99_e2el_ms"] < 0.9 * rr["p99_e2el_ms"]
+    assert full["p99_e2el_ms"] < 0.97 * rr["p99_e2el_ms"]
     assert full["p99_e2el_ms"] < 0.97 * fixed["p99_e2el_ms"]
     assert full["mean_tpot_ms"] < 0.85 * rr["mean_tpot_ms"]
-    assert full["request_goodput"] > 1.15 * rr["request_goodput"]
+    assert full["request_goodput"] > rr["request_goodput"]
     assert full["request_goodput_tight"] > 1.02 * fixed["request_goodput_tight"]
 
 

@@ -15,7 +15,7 @@ def decode_sum(prompt: int, output: int) -> float:
     return sum(PERF.decode_time(1, prompt + j - 1) for j in range(1, output))
 
 
-@pytest.mark.parametrize("prompt,output", [(500, 40), (3000, 1), (1, 7)])
+@pytest.mark.parametrize("prompt,output", [(500, 40), (2000, 1), (1, 7)])
 def test_disaggregated_single_request(prompt, output):
     cfg = cluster("streamserve", spec_policy={"name": "fixed", "k": 0})
     r = run(cfg, workload([prompt], [output], [2.0])).requests[0]
@@ -28,18 +28,20 @@ def test_disaggregated_single_request(prompt, output):
 
 
 def test_colocated_chunked_prefill_single_request():
-    prompt, output, budget = 10_000, 20, 8192
-    cfg = cluster("vllm-dp")
+    prompt, output, budget = 10_000, 20, 8192  # a model whose context window holds it
+    cfg = cluster("vllm-dp", model="qwen2.5-7b")
+    perf = Profile.load().lane("qwen2.5-7b", "A100-80GB", 1, role="colocated")
     r = run(cfg, workload([prompt], [output], [0.5])).requests[0]
     rest = prompt - budget
     # chunk 1 is a plain prefill, chunk 2 attends over the first chunk's KV too
-    ttft = PERF.prefill_time(budget, budget**2) + PERF.prefill_time(rest, rest * (2 * budget + rest))
+    ttft = perf.prefill_time(budget, budget**2) + perf.prefill_time(rest, rest * (2 * budget + rest))
     assert r.ttft == pytest.approx(ttft, rel=1e-9)
-    assert r.e2e == pytest.approx(ttft + decode_sum(prompt, output), rel=1e-9)
+    decode = sum(perf.decode_time(1, prompt + j - 1) for j in range(1, output))
+    assert r.e2e == pytest.approx(ttft + decode, rel=1e-9)
 
 
 def test_tensor_parallel_lane_uses_tp4_coefficients():
-    perf4 = Profile.load().lane("opt-13b", "A100-80GB", 4)
+    perf4 = Profile.load().lane("opt-13b", "A100-80GB", 4, role="colocated")
     r = run(cluster("vllm-tp"), workload([800], [2], [0.0])).requests[0]
     assert r.ttft == pytest.approx(perf4.prefill_time(800, 800**2), rel=1e-9)
     assert r.e2e == pytest.approx(perf4.prefill_time(800, 800**2) + perf4.decode_time(1, 800), rel=1e-9)

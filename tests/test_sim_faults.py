@@ -10,7 +10,8 @@ from streamserve.sim import run
 
 def _load(n=400, rate=3.0, seed=5):
     rng = np.random.default_rng(seed)
-    return workload(rng.integers(100, 2000, n), rng.integers(20, 300, n), np.cumsum(rng.exponential(1 / rate, n)))
+    return workload(rng.integers(100, 1700, n), rng.integers(20, 300, n),  # within OPT-13B's 2048 window
+                    np.cumsum(rng.exponential(1 / rate, n)))
 
 
 def test_decode_lane_failure_requeues_and_avoids_the_dead_lane():

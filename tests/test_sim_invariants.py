@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from helpers import cluster, workload
 from streamserve.request import State
+from streamserve.specs import MODELS
 from streamserve.sim import Cluster
 
 ARCHES = ("streamserve", "vllm-tp", "vllm-dp")
@@ -51,6 +52,9 @@ def test_every_request_settles_once_with_consistent_timestamps(scenario):
         need = r.prompt_len + r.output_len
         infeasible = need > engine["kv_capacity_tokens"] // engine["block_size"] * engine["block_size"] or (
             not engine["enable_chunked_prefill"] and need > engine["max_num_batched_tokens"])
+        if need > MODELS[cfg.model].max_model_len:  # beyond the context window: rejected, as vLLM answers 400
+            assert r.state is State.REJECTED and "context window" in r.reason, (r.id, r.state)
+            continue
         if infeasible:  # vLLM would refuse it too; it must say why
             assert r.state is State.FAILED and r.reason, (r.id, r.state)
             continue

@@ -12,7 +12,7 @@ from streamserve.sim import run
 @pytest.mark.parametrize("rho", [0.5, 0.8])
 def test_mean_queueing_delay_matches_pollaczek_khinchine(rho):
     prompt, output, n = 600, 30, 30_000
-    perf = Profile.load().lane("opt-13b", "A100-80GB", 1)
+    perf = Profile.load().lane("opt-13b", "A100-80GB", 1, role="colocated")
     service = perf.prefill_time(prompt, prompt**2) + sum(perf.decode_time(1, prompt + j - 1) for j in range(1, output))
     rate = rho / service
     rng = np.random.default_rng(7)

@@ -23,7 +23,12 @@ def test_sample_traces_simulate(name: str) -> None:
     result = run(builtin_cluster("streamserve"), w, seed=0)
     assert len(result.requests) == len(w)
     assert all(r.state in (State.FINISHED, State.REJECTED, State.FAILED) for r in result.requests)
-    assert sum(r.state is State.FINISHED for r in result.requests) == len(w)
+    assert all(_finished_or_beyond_window(r) for r in result.requests)
+
+
+def _finished_or_beyond_window(r) -> bool:
+    """OPT-13B's window is 2048 tokens: longer requests are rejected, saying so."""
+    return r.state is State.FINISHED or (r.state is State.REJECTED and "context window" in r.reason)
 
 
 @pytest.mark.parametrize("name", ["alpaca", "gsm8k", "humaneval", "sum", "mix"])
@@ -31,7 +36,9 @@ def test_sample_traces_simulate(name: str) -> None:
 def test_named_workloads_simulate(name: str, load: dict) -> None:
     w = resolve_workload(name, num_requests=80, **load)
     result = run(builtin_cluster("streamserve"), w, seed=0)
-    assert sum(r.state is State.FINISHED for r in result.requests) == 80
+    assert all(_finished_or_beyond_window(r) for r in result.requests)
+    if name not in ("sum", "mix"):  # only SUM's papers run past 2048 tokens
+        assert sum(r.state is State.FINISHED for r in result.requests) == 80
     assert {r.dataset for r in result.requests} <= set(w.datasets)
 
 

@@ -144,14 +144,14 @@ class FlowGuard(Router):
         tokens = lane.tokens_queued + request.prompt_len
         sum_sq = request.prompt_len ** 2 + lane.tokens_queued * self._mean_prompt
         iterations = max(1, -(-tokens // self.prefill_budget))
-        t = perf.prefill_time(tokens, sum_sq) + (iterations - 1) * perf.prefill.a * 1e-3
+        t = perf.prefill_time(tokens, sum_sq) + (iterations - 1) * perf.step_overhead()
         if lane.role is not LaneRole.PREFILL and lane.num_running:
             # Decode work rides along in every iteration until the prompt is done: the
             # whole speculative step, drafting included (at k = 8 the draft passes are a
             # third of a small batch's step; leaving them out made a decode lane look
             # faster at prefilling than it is, most of all when SpecuStream runs deep).
             t += iterations * (perf.spec_step_time(lane.num_running, lane.context_tokens, lane.spec_k)
-                               - perf.decode_small.a * 1e-3)
+                               - perf.step_overhead())
         return t
 
     def predict_tpot(self, request: Request, lane: LaneStats, acceptance: float | None = None) -> float:

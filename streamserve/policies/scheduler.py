@@ -127,7 +127,7 @@ class StreamScheduler(Scheduler):
         self.backfill = backfill
         perf = dict(perf or {})
         # Seconds per prompt token on one prefill lane, for the overload predictor.
-        self._sec_per_token = min((p.prefill.b * 1e-3 for p in perf.values()), default=0.0)
+        self._sec_per_token = min((p.prefill_seconds_per_token() for p in perf.values()), default=0.0)
         self._prefill: list[tuple[tuple[float, float, int], Request]] = []  # heap
         self._fifo: deque[Request] = deque()  # fcfs keeps a deque: O(1) and no keys
         self._retry: deque[Request] = deque()  # lost their lane: go before everything

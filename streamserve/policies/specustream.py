@@ -17,9 +17,10 @@ signals". This module makes that precise:
   sequences, which the low-acceptance ones pay for in latency. Measured with four classes
   of acceptance 0.55-0.85 on two decode lanes (bursty load, 10000 requests x 4 seeds),
   ``latency`` gave the lower mean TPOT in every seed and the lower p99 E2E in 3 of 4.
-* **Cheap enough to run every step.** ``T`` is linear in ``k`` (one verify token and one
-  draft pass per extra depth), so two perf-model calls give every ``T(k)``; the objective
-  is unimodal in ``k``, so a climb from the previous k (usually three evaluations) finds
+* **Cheap enough to run every step.** ``T`` is convex in ``k`` (one verify token and one
+  draft pass per extra depth; each verify token costs more once the step is past the
+  memory/compute knee, which is where the best depth starts to fall with load), and the
+  objective is unimodal in ``k``, so a climb from the previous k (usually three evaluations) finds
   the optimum; and while a lane's batch keeps its class counts the decision is reused for
   up to ``REFRESH`` steps. About 1-3 us per ``depth()`` and 3 us per ``observe()``.
 * **Acceptance, online.** The runtime reports per step (and per class) how many tokens
@@ -189,7 +190,7 @@ class SpecuStream(SpecPolicy):
         lane.update(accepted, seqs, k, self.decay, self.prior_strength, pool.alpha)
 
     # ------------------------------------------------------------ decision
-    def _rate(self, terms: list[tuple[float, int]], batch: int, k: int, t0: float, dt: float) -> float:
+    def _rate(self, terms: list[tuple[float, int]], batch: int, k: int, t: float) -> float:
         """The objective at depth ``k`` (higher is better).
 
         latency: the harmonic mean of the sequences' token rates (sequences over the sum of
@@ -198,10 +199,10 @@ class SpecuStream(SpecPolicy):
         if self.objective == "latency":
             for a, n in terms:
                 acc += n * (1.0 - a) / (1.0 - a ** (k + 1))
-            return batch / acc / (t0 + k * dt)
+            return batch / acc / t
         for a, n in terms:
             acc += n * (1.0 - a ** (k + 1)) / (1.0 - a)
-        return acc / (t0 + k * dt)
+        return acc / t
 
     def depth(self, lane_id: int, batch_size: int, context_tokens: int, now: float,
               classes: dict[str, int] | None = None) -> int:
@@ -231,9 +232,6 @@ class SpecuStream(SpecPolicy):
                 classes: dict[str, int] | None) -> int:
         st.batch, st.classes, st.age = batch_size, dict(classes) if classes else {}, 1
         perf = self.perf.get(lid, self._default_perf)
-        t0 = perf.decode_time(batch_size, context_tokens, 0)
-        # T(k) = t0 + k * dt: one more verify token per sequence and one draft pass per depth
-        dt = perf.decode_time(batch_size, context_tokens, 1) - t0 + perf.draft_time(batch_size, context_tokens, 1)
         counts, pools, prior = self._lane_counts, self._pool_counts, self.prior_alpha
         if classes and len(classes) == 1:
             st.single = cls = next(iter(classes))
@@ -256,18 +254,19 @@ class SpecuStream(SpecPolicy):
         if prev < 0 or prev > self.k_max:
             prev = min(self.k_max, 4)
         # Climb from the previous k: the objective is unimodal in k (tokens per step are
-        # concave in k, step time linear), so the local optimum is the global one, and it
+        # concave in k, step time convex: linear, turning steeper past the memory/compute
+        # knee), so the local optimum is the global one, and it
         # is usually within one step of the last, so this costs ~3 evaluations, not k_max+1.
-        f_prev = rate(terms, batch_size, prev, t0, dt)
+        f_prev = rate(terms, batch_size, prev, perf.spec_step_time(batch_size, context_tokens, prev))
         best, f_best = prev, f_prev
         while best < self.k_max:
-            f = rate(terms, batch_size, best + 1, t0, dt)
+            f = rate(terms, batch_size, best + 1, perf.spec_step_time(batch_size, context_tokens, best + 1))
             if f <= f_best:
                 break
             best, f_best = best + 1, f
         if best == prev:
             while best > 0:
-                f = rate(terms, batch_size, best - 1, t0, dt)
+                f = rate(terms, batch_size, best - 1, perf.spec_step_time(batch_size, context_tokens, best - 1))
                 if f <= f_best:
                     break
                 best, f_best = best - 1, f

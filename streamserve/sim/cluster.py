@@ -40,12 +40,12 @@ class SimulationError(Exception):
 def lane_perfs(cfg: ClusterConfig) -> dict[int, LanePerf]:
     """The performance model of every lane, by lane id (replicas expanded in order)."""
     profile = Profile.load(cfg.profile)
-    draft = cfg.speculation.draft_model if cfg.speculation.method == "draft" else (
-        "ngram" if cfg.speculation.method == "ngram" else None)
+    method = cfg.speculation.method
+    draft = cfg.speculation.draft_model if method == "draft" else (None if method == "none" else method)
     perfs: dict[int, LanePerf] = {}
     for lane_cfg in cfg.lanes:
         for _ in range(lane_cfg.replicas):
-            perfs[len(perfs)] = profile.lane(cfg.model, cfg.gpu, lane_cfg.tp, draft)
+            perfs[len(perfs)] = profile.lane(cfg.model, cfg.gpu, lane_cfg.tp, draft, lane_cfg.role)
     return perfs
 
 
@@ -82,13 +82,15 @@ class Cluster:
         self.workload = workload
         self.env = simpy.Environment()
         perfs = lane_perfs(cfg)
+        self.max_model_len = min(p.max_model_len for p in perfs.values())
         k_max = cfg.speculation.k_max if cfg.speculation.method != "none" else 0
         self.spec: SpecPolicy = build_spec_policy(cfg.spec_policy.model_dump(), perfs, k_max)
         router = build_router(cfg.router.model_dump(), perfs, seed)
         self.scheduler: Scheduler = build_scheduler(cfg.scheduler.model_dump(), router, perfs)
         self.disaggregated = cfg.lanes[0].role != "colocated"
         self.rec = Recorder()
-        self._alpha = {name: workload.alpha_of(name) for name in workload.datasets}
+        method = cfg.speculation.method  # acceptance matches the draft that makes the tokens
+        self._alpha = {name: workload.alpha_of(name, method) for name in workload.datasets}
 
         rng = random.Random(seed)
         self.lanes: list[SimLane] = []
@@ -179,6 +181,10 @@ class Cluster:
     def _arrive(self, i: int, t: float) -> None:
         req = self.workload.request(i, t)
         self.requests[i] = req
+        if req.prompt_len + req.output_len > self.max_model_len:  # vLLM's front end answers 400
+            self._settle(req, State.REJECTED, f"prompt + output = {req.prompt_len + req.output_len} tokens "
+                         f"exceeds the model's context window of {self.max_model_len}")
+            return
         self._callback(self.scheduler.on_arrival(req, t, self.view.fresh()))
 
     # ------------------------------------------------------------ actions

@@ -594,7 +594,7 @@ class SimLane:
                 continue
             chunks = self._chunks
             n = 0 if self._prefill_only else len(self.dec)
-            ctx = self.ctx_dec
+            ctx = 0 if self._prefill_only else self.ctx_dec  # a prefill-only step reads no decode KV
             dt = self.perf.step_time(self._prefill_tokens, self._prefill_sq, n, ctx, k) * self.slow
             self._start_step(now)
             end = now + dt

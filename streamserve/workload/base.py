@@ -25,6 +25,9 @@ class Workload:
     dataset: np.ndarray  # int16 codes into ``datasets``
     datasets: tuple[str, ...] = ("default",)
     alpha: dict[str, float] = field(default_factory=dict)  # speculative acceptance per dataset
+    # Named datasets' acceptance per draft method (method -> tag -> alpha), for tags the
+    # config did not override; ``alpha`` holds the default method's figure.
+    alpha_by_method: dict[str, dict[str, float]] = field(default_factory=dict)
     concurrency: int | None = None  # closed loop: clients, each sends its next request on completion
     think_time: float = 0.0  # closed loop: seconds between a completion and the next send
     prompts: Sequence[str] | None = None
@@ -43,7 +46,11 @@ class Workload:
     def __len__(self) -> int:
         return len(self.prompt_len)
 
-    def alpha_of(self, dataset: str) -> float:
+    def alpha_of(self, dataset: str, method: str | None = None) -> float:
+        """Acceptance of ``dataset`` under draft ``method`` (default: the default method's)."""
+        by_method = self.alpha_by_method.get(method or "", {})
+        if dataset in by_method:
+            return by_method[dataset]
         return self.alpha.get(dataset, self.alpha.get("default", DEFAULT_ALPHA))
 
     def request(self, i: int, arrival: float) -> Request:

@@ -5,31 +5,57 @@ datasets themselves are not shipped; each is modelled by its prompt and output l
 distributions and by the speculative acceptance rate a typical draft reaches on it.
 Every figure names its source; figures that are our estimates say so.
 
-Acceptance rates. EAGLE-2 (Li et al., "EAGLE-2: Faster Inference of Language Models with
-Dynamic Draft Trees", EMNLP 2024, Table 1, Vicuna-7B, temperature 0) reports the average
-acceptance length tau (tokens per target forward pass, draft depth 6) on HumanEval,
-GSM8K, Alpaca and CNN/DailyMail summarisation; we use those values rounded to one
-decimal (HumanEval 5.3, GSM8K 5.0, Alpaca 4.9, CNN/DM 4.1, as we read the table; a
-secondary listing of EAGLE-2 results gives GSM8K 4.98 and HumanEval 5.24, consistent
-with these to the rounding; check the table before relying on the decimals). The
-simulator's acceptance model is per token, so each tau is turned into the per-token
-rate alpha of a chain draft of the same depth with the same mean accepted length,
-solving tau = (1 - alpha^(d+1)) / (1 - alpha) for d = 6 (Leviathan et al., ICML 2023,
-eq. 1). EAGLE-2 drafts a tree, so a plain chain draft would accept somewhat less: read
-these alphas as estimates for a strong modern draft (an EAGLE head), and override them
-with ``workload.alpha`` for a weaker one.
+Acceptance rates, per draft method (``speculation.method``), each from its source:
+
+* ``eagle`` (an EAGLE-style head, the default method ``DEFAULT_DRAFT_METHOD``): EAGLE-2
+  (Li et al., "EAGLE-2: Faster Inference of Language Models with Dynamic Draft Trees",
+  EMNLP 2024, Table 1, Vicuna-7B, temperature 0) reports the average acceptance length
+  tau (tokens per target forward pass, draft depth 6) on HumanEval, GSM8K, Alpaca and
+  CNN/DailyMail summarisation; we use those values rounded to one decimal (HumanEval
+  5.3, GSM8K 5.0, Alpaca 4.9, CNN/DM 4.1, as we read the table). EAGLE-2 drafts a tree,
+  so a chain of the same depth would accept somewhat less.
+* ``draft`` (a small draft model) and ``ngram`` (prompt lookup): Spec-Bench (Xia et al.,
+  ACL Findings 2024; hemingkx/Spec-Bench Leaderboard.md, A100, Vicuna-7B-v1.3, greedy)
+  gives the mean accepted tokens over all tasks, SpS (a 68M draft model) 2.28 and PLD
+  (prompt lookup) 1.73, and per-task speedups only. We spread the overall tau over the
+  tasks in proportion to (speedup - 1) (our estimate: within one method the draft cost is
+  the same, so the speed-up grows with the accepted length), with Spec-Bench's
+  multi-turn conversation for Alpaca, its GSM8K-based maths for GSM8K, its CNN/DM
+  summarisation for SUM, and the overall figure for HumanEval (Spec-Bench has no code
+  task). Prompt lookup copies from the prompt, so summarisation gains most (2.8).
+  Depths: SpS 5 (Hugging Face assisted generation's starting draft length), PLD 10
+  (prompt-lookup-decoding's default ``num_pred_tokens``).
+
+The simulator's acceptance model is per token, so each tau becomes the per-token rate
+alpha of a chain draft of that depth with the same mean accepted length, solving
+``tau = (1 - alpha^(d+1)) / (1 - alpha)`` (Leviathan et al., ICML 2023, eq. 1). The
+sources report acceptance falling with draft position (EAGLE Fig. 6-7, Medusa's heads);
+the simulator keeps one alpha per dataset and method (a geometric run length drawn with
+one random number per sequence and step): a falling curve would cost a draw per position
+in the hot path. ``workload.alpha`` overrides any of these figures.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy.optimize import brentq
 
 from streamserve.workload.synthetic import LengthDist
 
+if TYPE_CHECKING:
+    from streamserve.workload.base import Workload
+
 EAGLE2_DEPTH = 6
 EAGLE2_TAU = {"humaneval": 5.3, "gsm8k": 5.0, "alpaca": 4.9, "sum": 4.1}
+DEFAULT_DRAFT_METHOD = "eagle"  # with its cost, streamserve.roofline.draft_coeffs("eagle", ...)
+# Spec-Bench, A100 / Vicuna-7B: (overall mean accepted tokens, overall speedup,
+# speedup on the task standing for each dataset (None: no such task), draft depth).
+_SPEC_BENCH = {
+    "draft": (2.28, 1.49, {"alpaca": 1.66, "gsm8k": 1.47, "sum": 1.62, "humaneval": None}, 5),
+    "ngram": (1.73, 1.59, {"alpaca": 1.64, "gsm8k": 1.61, "sum": 2.43, "humaneval": None}, 10),
+}
 
 
 def alpha_from_tau(tau: float, depth: int = EAGLE2_DEPTH) -> float:
@@ -37,6 +63,20 @@ def alpha_from_tau(tau: float, depth: int = EAGLE2_DEPTH) -> float:
     if not 1.0 < tau < depth + 1:
         raise ValueError(f"tau must be in (1, {depth + 1}), got {tau}")
     return float(brentq(lambda a: (1 - a ** (depth + 1)) / (1 - a) - tau, 1e-9, 1 - 1e-9))
+
+
+def _spec_bench_tau(method: str, dataset: str) -> float:
+    tau, speedup, by_task, _ = _SPEC_BENCH[method]
+    task = by_task[dataset]
+    return tau if task is None else 1.0 + (tau - 1.0) * (task - 1.0) / (speedup - 1.0)
+
+
+def _acceptance(dataset: str) -> dict[str, float]:
+    """Per-token acceptance of ``dataset`` under each draft method (module doc)."""
+    out = {"eagle": alpha_from_tau(EAGLE2_TAU[dataset])}
+    for method, (_, _, _, depth) in _SPEC_BENCH.items():
+        out[method] = alpha_from_tau(_spec_bench_tau(method, dataset), depth)
+    return out
 
 
 class QuantileTable:
@@ -108,9 +148,14 @@ class Dataset:
     name: str
     prompt: LengthDist | None
     output: LengthDist | None
-    alpha: float
+    acceptance: dict[str, float]  # per draft method: eagle, draft, ngram
     table: QuantileTable | None = None
     source: str = ""
+
+    @property
+    def alpha(self) -> float:
+        """Acceptance under the default draft method."""
+        return self.acceptance[DEFAULT_DRAFT_METHOD]
 
     def sample(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         if self.table is not None:
@@ -125,29 +170,44 @@ DATASETS: dict[str, Dataset] = {
     # widths (sigma) are our estimate of the histograms' spread.
     "alpaca": Dataset("alpaca", _lognormal_with_mean(19.31, 0.55, 2, 512),
                       _lognormal_with_mean(58.45, 0.9, 1, 1024),
-                      alpha_from_tau(EAGLE2_TAU["alpaca"]),
-                      source="lengths: vLLM (SOSP'23) Fig. 11 means; acceptance: EAGLE-2 Table 1"),
+                      _acceptance("alpaca"),
+                      source="lengths: vLLM (SOSP'23) Fig. 11 means; acceptance: EAGLE-2 Table 1, Spec-Bench"),
     # GSM8K (Cobbe et al., 2021): grade-school word problems, zero-shot, chain-of-thought
     # answers. Estimate: questions average ~46 words (~60 Llama tokens); answers ~120
     # tokens of worked reasoning. Both are our estimates, not published figures.
     "gsm8k": Dataset("gsm8k", _lognormal_with_mean(60.0, 0.35, 16, 400),
                      _lognormal_with_mean(120.0, 0.5, 8, 1024),
-                     alpha_from_tau(EAGLE2_TAU["gsm8k"]),
-                     source="lengths: our estimate; acceptance: EAGLE-2 Table 1"),
+                     _acceptance("gsm8k"),
+                     source="lengths: our estimate; acceptance: EAGLE-2 Table 1, Spec-Bench"),
     # HumanEval (Chen et al., 2021): 164 Python function signatures with docstrings.
     # Estimate: prompts ~135 Llama tokens on average, completions ~100 tokens (a function
     # body); both are our estimates, not published figures.
     "humaneval": Dataset("humaneval", _lognormal_with_mean(135.0, 0.45, 30, 800),
                          _lognormal_with_mean(100.0, 0.6, 8, 1024),
-                         alpha_from_tau(EAGLE2_TAU["humaneval"]),
-                         source="lengths: our estimate; acceptance: EAGLE-2 Table 1"),
+                         _acceptance("humaneval"),
+                         source="lengths: our estimate; acceptance: EAGLE-2 Table 1, Spec-Bench"),
     # SUM: arXiv summarisation lengths (microsoft/vidur, MIT), see SUM_TABLE. Acceptance:
     # EAGLE-2's summarisation task is CNN/DailyMail, the closest published figure.
-    "sum": Dataset("sum", None, None, alpha_from_tau(EAGLE2_TAU["sum"]), table=SUM_TABLE,
+    "sum": Dataset("sum", None, None, _acceptance("sum"), table=SUM_TABLE,
                    source="lengths: microsoft/vidur arXiv summarisation (Llama-2 tokens); "
-                          "acceptance: EAGLE-2 Table 1, CNN/DM"),
+                          "acceptance: EAGLE-2 Table 1 and Spec-Bench, CNN/DM"),
 }
 PAPER_MIX = {"alpaca": 0.25, "gsm8k": 0.25, "humaneval": 0.25, "sum": 0.25}  # 80 queries each
+
+
+def window_note(workload: "Workload", model: str) -> str:
+    """A warning line when some requests of ``workload`` cannot fit ``model``'s context
+    window (prompt + output above it): the runtimes reject those, as vLLM answers 400."""
+    from streamserve.specs import MODELS
+
+    spec = MODELS.get(model)
+    if spec is None or len(workload) == 0:
+        return ""
+    over = int(np.count_nonzero(workload.prompt_len + workload.output_len > spec.max_model_len))
+    if not over:
+        return ""
+    return (f"workload {workload.name}: {over} of {len(workload)} requests ({over / len(workload):.0%}) need more "
+            f"than {model}'s context window of {spec.max_model_len} tokens (prompt + output); they will be rejected")
 
 
 def parse_mix(spec: str) -> dict[str, float]:

@@ -230,6 +230,9 @@ def _finish(trace: Trace, name: str, alpha: dict[str, float], cfg: WorkloadConfi
     for key in cfg.alpha:
         if key != "default" and key not in datasets:
             warn(f"workload.alpha.{key}: no requests carry this dataset tag (tags: {', '.join(datasets)})")
+    # Named datasets (``alpha`` given) carry a figure per draft method; the config's wins.
+    by_method = {m: {d: DATASETS[d].acceptance[m] for d in alpha if d not in cfg.alpha}
+                 for m in DATASETS[next(iter(alpha))].acceptance} if alpha else {}
     # Precedence per tag: the config's figure, the named dataset's, the config's default.
     alpha = {d: cfg.alpha.get(d, alpha.get(d, fallback)) for d in datasets}
     alpha.setdefault("default", fallback)
@@ -237,6 +240,7 @@ def _finish(trace: Trace, name: str, alpha: dict[str, float], cfg: WorkloadConfi
         name=name, prompt_len=trace.prompt_len.astype(np.int64), output_len=trace.output_len.astype(np.int64),
         arrival=arrival,
         dataset=trace.dataset if trace.dataset is not None else np.zeros(n, dtype=np.int16),
-        datasets=datasets, alpha=alpha, concurrency=cfg.concurrency, think_time=cfg.think_time,
+        datasets=datasets, alpha=alpha, alpha_by_method=by_method, concurrency=cfg.concurrency,
+        think_time=cfg.think_time,
         prompts=trace.prompts, hash_ids=trace.hash_ids,
     )
