@@ -39,6 +39,15 @@ class View:
     def set(self, lane_id: int, **kw) -> None:
         self.stats[lane_id] = self.stats[lane_id]._replace(**kw)
 
+    def fill(self, *lane_ids: int) -> None:
+        """Healthy, but no room: requests for these lanes wait."""
+        for lane_id in lane_ids:
+            self.set(lane_id, num_waiting=self.stats[lane_id].max_waiting)
+
+    def empty(self, *lane_ids: int) -> None:
+        for lane_id in lane_ids:
+            self.set(lane_id, num_waiting=0)
+
 
 def req(i: int, prompt: int = 100, arrival: float = 0.0, slo: SLO | None = None) -> Request:
     return Request(id=i, arrival=arrival, prompt_len=prompt, output_len=10, slo=slo)
@@ -104,20 +113,18 @@ def test_burst_in_one_callback_is_spread_over_lanes() -> None:
 @pytest.mark.parametrize("order,expected", [("fcfs", [1, 2, 3]), ("spf", [3, 1, 2]), ("edf", [2, 3, 1])])
 def test_orderings(order: str, expected: list[int]) -> None:
     s, v = sched(order=order, lane_backlog_tokens=None), View()
-    v.set(0, healthy=False)
-    v.set(2, healthy=False)
+    v.fill(0, 2)
     s.on_arrival(req(1, prompt=500, arrival=0.0, slo=SLO(ttft=5.0)), 0.0, v)
     s.on_arrival(req(2, prompt=800, arrival=0.1, slo=SLO(ttft=1.0)), 0.1, v)
     s.on_arrival(req(3, prompt=100, arrival=0.2, slo=SLO(ttft=2.0)), 0.2, v)
-    v.set(0, healthy=True)
+    v.empty(0)
     placed = s.on_capacity(0.3, v)
     assert [a.request.id for a in placed] == expected
 
 
 def test_bounded_queue_rejects_with_a_reason() -> None:
     s, v = sched(max_pending=2), View()
-    v.set(0, healthy=False)
-    v.set(2, healthy=False)
+    v.fill(0, 2)
     assert s.on_arrival(req(1), 0, v) == [] and s.on_arrival(req(2), 0, v) == []
     (a,) = s.on_arrival(req(3), 0, v)
     assert isinstance(a, Reject) and "queue full" in a.reason
@@ -125,16 +132,15 @@ def test_bounded_queue_rejects_with_a_reason() -> None:
 
 def test_overload_reject_turns_away_requests_that_cannot_meet_their_slo() -> None:
     s, v = sched(overload="reject"), View()
-    v.set(0, healthy=False)
-    v.set(2, healthy=False)
+    v.fill(0, 2)
     slo = SLO(ttft=0.5)
     assert s.on_arrival(req(1, slo=slo), 0.0, v) == []
-    v.set(0, healthy=True)
+    v.empty(0)
     (late,) = s.on_capacity(0.9, v)
     assert isinstance(late, Reject) and "TTFT SLO" in late.reason
     # a long backlog predicts a wait beyond the SLO: rejected at once
     v.set(0, tokens_queued=100_000)
-    v.set(2, tokens_queued=100_000, healthy=True)
+    v.set(2, tokens_queued=100_000, num_waiting=0)
     (a,) = s.on_arrival(req(2, slo=slo), 1.0, v)
     assert isinstance(a, Reject) and "predicted" in a.reason
     # the queue policy serves it however late
@@ -158,21 +164,19 @@ def test_lane_failure_requeues_then_fails_after_max_attempts() -> None:
 
 def test_lost_request_waiting_for_decode_is_prefilled_again() -> None:
     s, v = sched(), View()
-    v.set(1, healthy=False)
-    v.set(3, healthy=False)
+    v.fill(1, 3)
     r = req(1)
     (a,) = s.on_arrival(r, 0.0, v)
     r.prefill_lane, r.first_token, r.attempts = a.lane_id, 0.1, 1
     assert s.on_prefill_done(r, 0.1, v) == [] and s.pending == 1
     v.set(a.lane_id, healthy=False)
     (again,) = s.on_lane_down(a.lane_id, [r], 0.2, v)
-    assert again.phase is Phase.PREFILL and s.pending == 0
+    assert again.phase is Phase.PREFILL and again.lane_id != a.lane_id and s.pending == 0
 
 
 def test_drain_fails_everything_held_with_reasons() -> None:
     s, v = sched(), View()
-    for lane_id in v.stats:
-        v.set(lane_id, healthy=False)
+    v.fill(*v.stats)
     for i in range(3):
         s.on_arrival(req(i), 0.0, v)
     actions = s.drain(10.0)

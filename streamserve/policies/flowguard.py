@@ -281,6 +281,9 @@ class FlowGuard(Router):
             self._remember(request, Phase.DECODE, lane.lane_id, tpot)
         return lane.lane_id
 
+    def local_prefill_limit(self, decode_lanes: Sequence[LaneStats], backed_up: bool) -> int:
+        return self.local_max_prompt if self.local_prefill and backed_up else 0
+
     def route_pair(self, request: Request, pairs: Sequence[tuple[LaneStats, LaneStats]], now: float) -> int | None:
         """Stream-pair mode: pick the prefill lane whose pair (prefill + its decode partner)
         costs least; the decode phase will go to the partner."""
