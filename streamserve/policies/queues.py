@@ -65,6 +65,7 @@ class RequestQueue(ABC):
     @property
     def retrying(self) -> bool:
         """Whether requests that lost their lane wait at the front."""
+        self.peek()  # drops ended ones from the front
         return bool(self._first)
 
     def add(self, request: Request, now: float) -> None:
@@ -116,7 +117,7 @@ class RequestQueue(ABC):
         """Offer up to ``n`` requests behind the head to ``take``, in queue order; those
         it takes leave the queue, the others and the head keep their places and their
         waiting time. Only while no lost request waits at the front (those go first)."""
-        if self._first:
+        if self.retrying:
             raise RuntimeError("backfill while lost requests wait at the front")
         taken: list[Request] = []
         while len(taken) <= n:

@@ -21,11 +21,13 @@ What it adds over a plain FIFO, and why:
   first: lower mean TTFT, but long prompts wait under load), ``edf`` (earliest TTFT
   deadline first; requests without an SLO use ``arrival + default_deadline``, or come
   after every request with one when it is ``None``, the default).
-  Requests whose lane failed go first in every order.
+  Requests whose lane failed go first in every order. Each order is one
+  ``RequestQueue`` class (``policies/queues.py``), chosen once from the config.
 * **Backfill** (``backfill``, default 8; 0 turns it off). With conditional
   disaggregation, a head-of-queue prompt too long for a local prefill must wait for a
   backed-up prefill lane; up to ``backfill`` requests behind it may meanwhile be
-  prefilled on a decode lane if the router picks that (``_backfill``). Measured on the
+  prefilled on a decode lane if the router picks that (``_backfill``; the router
+  declares how long a prompt it may prefill locally, ``Router.local_prefill_limit``). Measured on the
   ablation's bursty ``paper`` load (10000 requests x 6 seeds): goodput 8.41 against 7.41
   requests/s without it (4 requests: 8.17), p99 E2E within noise (19.3 s against
   19.1 s); it costs the simulator about 18% more time on that load (routing calls while
@@ -39,6 +41,22 @@ What it adds over a plain FIFO, and why:
   ``overload: queue`` (default) serves everything, however late.
 * **Failures.** Requests on a failed lane lost their KV; they are requeued (at the front)
   to prefill again, up to ``max_attempts`` prefills, then failed with a reason.
+* **No healthy lane.** When no healthy lane serves a phase (every decode lane down, say),
+  nothing tells when one will return, so nothing waits for it: arrivals are rejected,
+  and every held or lost request that needs that phase fails at once with the reason
+  ("no healthy decode lane (lanes 1, 3 down)"); the live front end answers 503 or an SSE
+  error event, the simulator records the failure. A request prefilling when the last
+  decode lane goes fails when its prefill ends.
+* **Bounded waits.** A lane that exists but is full is waited for, within bounds that the
+  runtime enforces by calling ``on_timer`` at ``next_deadline()`` (O(1): both queues are
+  in order of joining): ``max_wait_s`` (default 30) for a request held for a prefill lane
+  (from when it joined the queue, again after a lane loss), ``max_hold_s`` (default 20)
+  for a prefilled request whose KV waits on its prefill lane for a decode lane. The
+  latter must stay below the engines' KV lease (vLLM's NIXL ``kv_lease_duration``,
+  30 s by default), after which the prefill engine frees that KV. Either ends the
+  request with a ``Fail`` naming the bound. Held KV is failed rather than prefilled
+  again: a decode backlog that lasted ``max_hold_s`` is not relieved by more prefill
+  work, and the request would rejoin the back of the same backlog.
 * **Stream pairs.** ``pairing: pairs`` sends decode to the prefill lane's partner (to any
   decode lane while the partner is down); with a router that scores pairs (FlowGuard's
   ``route_pair``) the prefill lane is chosen for the pair as a whole.
