@@ -81,6 +81,16 @@ of the batch it rides with (leaving them out made deep-speculating decode lanes 
 faster at prefilling than they are; including them cut p99 E2E by 2% and added a little
 goodput).
 
+Whole KV blocks (with ``local_prefill``). Only whole KV blocks move from a prefill lane
+to a decode lane, and the decode engine computes the prompt's last token itself: vLLM's
+ExampleConnector (the CPU path) loads ``(p - 2) // B`` whole blocks of a ``p``-token
+prompt (block size ``B``, ``LaneStats.block_size``, which the runtimes read from the
+engines), so a 128-token prompt at ``B = 32`` moves 96 tokens and recomputes 32, and a
+prompt of at most one block moves nothing and is prefilled twice. Such a prompt gains
+nothing from disaggregation, so FlowGuard prefills it on the decode lane that it would
+pick for a local prefill (whenever one can take it, burst or not), and a prompt within
+one block is offered decode lanes at any time (``local_prefill_limit``).
+
 Lanes that are unhealthy, full (``has_room``) or, for a decode placement, without the KV
 room for the prompt are never chosen; when none is left, ``route`` returns ``None`` and
 the scheduler holds the request.
@@ -195,7 +205,7 @@ class FlowGuard(Router):
             if not lane.healthy or lane.kv_usage >= 1.0 or lane.num_waiting >= lane.max_waiting:
                 continue  # not ``has_room``
             if decode or lane.role is LaneRole.DECODE:  # the request's KV will live here
-                if not decode and not may_local:
+                if not decode and not may_local and not (self.local_prefill and prompt <= lane.block_size):
                     continue
                 free = lane.kv_free_tokens
                 if free is not None and free < prompt:
@@ -260,6 +270,15 @@ class FlowGuard(Router):
             out.append((cost, lane, r, t))
         return out
 
+    @staticmethod
+    def _max_block(lanes: Sequence[LaneStats]) -> int:
+        """The largest KV block of the decode lanes among ``lanes`` (0 if none)."""
+        block = 0
+        for lane in lanes:
+            if lane.role is LaneRole.DECODE and lane.block_size > block:
+                block = lane.block_size
+        return block
+
     def _remember(self, request: Request, phase: Phase, lane_id: int, raw: float) -> None:
         if len(self._predicted) > 200_000:  # requests that failed never report back
             for key in list(self._predicted)[:100_000]:
@@ -267,7 +286,13 @@ class FlowGuard(Router):
         self._predicted[(request.id, phase)] = (lane_id, raw)
 
     def route(self, request: Request, lanes: Sequence[LaneStats], phase: Phase, now: float) -> int | None:
-        scored = self.costs(request, lanes, phase)
+        scored: list[tuple[float, LaneStats, float, float | None]] = []
+        if self.local_prefill and phase is Phase.PREFILL and request.prompt_len <= self._max_block(lanes):
+            # Only whole KV blocks move: a prompt within one block gains nothing from a
+            # prefill lane, so the best decode lane that can take it prefills it.
+            scored = self.costs(request, [lane for lane in lanes if self.in_one_block(request, lane)], phase)
+        if not scored:
+            scored = self.costs(request, lanes, phase)
         if not scored:
             return None
         choice = scored[0]
@@ -282,7 +307,18 @@ class FlowGuard(Router):
         return lane.lane_id
 
     def local_prefill_limit(self, decode_lanes: Sequence[LaneStats], backed_up: bool) -> int:
-        return self.local_max_prompt if self.local_prefill and backed_up else 0
+        """Prompts that fit in one KV block of a decode lane at any time; in a burst also
+        those up to ``local_max_prompt`` (0 without ``local_prefill``)."""
+        if not self.local_prefill:
+            return 0
+        block = max((lane.block_size for lane in decode_lanes), default=0)
+        return max(block, self.local_max_prompt) if backed_up else block
+
+    @staticmethod
+    def in_one_block(request: Request, lane: LaneStats) -> bool:
+        """Whether ``request``'s prompt fits in one KV block of decode lane ``lane``:
+        disaggregating it would move no whole block, only the prefill twice."""
+        return lane.role is LaneRole.DECODE and request.prompt_len <= lane.block_size
 
     def route_pair(self, request: Request, pairs: Sequence[tuple[LaneStats, LaneStats]], now: float) -> int | None:
         """Stream-pair mode: pick the prefill lane whose pair (prefill + its decode partner)

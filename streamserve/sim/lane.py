@@ -139,7 +139,7 @@ class SimLane:
             self.queued_tokens, self.used_blocks / self.total_blocks,
             (self.total_blocks - self.used_blocks) * self.block_size,
             self.max_num_seqs, self.max_waiting, self.step_ewma, self.util,
-            self.accept_ewma, self.k, self.pair, self.perf.tp, self.ctx_dec,
+            self.accept_ewma, self.k, self.pair, self.perf.tp, self.ctx_dec, self.block_size,
         )
 
     def blocks_for(self, tokens: int) -> int:
