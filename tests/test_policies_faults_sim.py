@@ -30,3 +30,14 @@ def test_all_decode_lanes_down_ends_every_request_at_once_with_the_reason() -> N
     late = [r for r in reqs if r.arrival > down]
     assert late and all(r.state is State.REJECTED and r.finish == r.arrival for r in late)
     assert all(r.finish <= down for r in reqs if r.state is State.FINISHED)
+
+
+def test_every_lane_down_in_turn_ends_each_request_exactly_once() -> None:
+    """Decode lanes first (prefilled requests fail while their KV is held on a prefill
+    lane), then the prefill lanes (which must not hand those settled requests back)."""
+    faults = [{"lane": lane, "at": at, "kind": "down"} for lane, at in ((1, 20.0), (3, 20.0), (0, 21.0), (2, 21.0))]
+    settled: list[int] = []
+    result = run(cluster("streamserve", faults=faults), _load(), seed=1, on_settled=lambda r, n: settled.append(r.id))
+    assert sorted(settled) == list(range(300))  # each once, none lost, none twice
+    reasons = {r.reason.split(" (")[0] for r in result.requests if r.state is not State.FINISHED}
+    assert reasons == {"no healthy decode lane", "no healthy prefill lane"}

@@ -181,7 +181,19 @@ class Cluster:
             elif isinstance(action, Reject):
                 self._settle(req, State.REJECTED, action.reason)
             elif isinstance(action, Fail):
+                self._release_held(req)
                 self._settle(req, State.FAILED, action.reason)
+
+    def _release_held(self, req: Request) -> None:
+        """A request the scheduler fails while it waits for a decode lane still holds its
+        KV on its prefill lane: free it (else a later failure of that lane returns the
+        settled request as lost)."""
+        if req.prefill_lane >= 0:
+            lane = self.lanes[req.prefill_lane]
+            seq = lane.held.pop(req.id, None)
+            if seq is not None:
+                lane.free_seq(seq)
+                lane.wake()
 
     def _settle(self, req: Request, state: State, reason: str = "", now: float | None = None) -> None:
         req.state = state
