@@ -57,12 +57,14 @@ bursty ``paper`` workload, 10000 requests x 16 seeds): it rescues the TTFT of sh
 requests stuck behind long prompts in a burst (goodput), but each local prefill stalls
 the whole decode batch, and the E2E tail is the long summarisation outputs (every one
 of the slowest 1% decodes more than 1000 tokens), whose E2E is almost all decode time.
-Prompts up to 2048 tokens give 8.41 goodput requests/s against round-robin's 5.98, but put
-the long outputs' TPOT 1.2% above round-robin's and a p99 E2E 0.2% above; with no local
-prefill FlowGuard's decode placement puts that TPOT 1.5% below and p99 E2E 1.4% below,
+Prompts up to 2048 tokens give 8.38 goodput requests/s against round-robin's 5.98, but put
+the long outputs' TPOT 1.3% above round-robin's and p99 E2E only 0.2% below; with no local
+prefill FlowGuard's decode placement puts that TPOT 1.5% below and p99 E2E 1.9% below,
 at round-robin's goodput. The stall grows with the prompt, the rescue does not, so a cap
-keeps the cheap rescues: 64 tokens (the default) gives 7.23 requests/s with p99 E2E 1.0%
-below round-robin's (13 of 16 seeds); 128 gives 8.03 and -0.2%. (On the default
+keeps the cheap rescues: 64 tokens (the default) gives 7.23 requests/s with p99 E2E 1.4%
+below round-robin's (11 of 16 seeds); 128 gives 8.02 and -0.2%. (These runs include the
+whole-block rule below: with local prefill, prompts within one 16-token block go local in
+every burst or not. On the default
 profile a prompt adds ~0.145 ms per token to the decode step it rides in, on top of a
 ~58 ms step at batch 8 and k = 8: a 16-token chat prompt costs the batch ~2 ms, a
 2048-token one ~320 ms.)
