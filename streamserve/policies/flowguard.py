@@ -63,8 +63,8 @@ prefill FlowGuard's decode placement puts that TPOT 1.5% below and p99 E2E 1.9% 
 at round-robin's goodput. The stall grows with the prompt, the rescue does not, so a cap
 keeps the cheap rescues: 64 tokens (the default) gives 7.23 requests/s with p99 E2E 1.4%
 below round-robin's (11 of 16 seeds); 128 gives 8.02 and -0.2%. (These runs include the
-whole-block rule below: with local prefill, prompts within one 16-token block go local in
-every burst or not. On the default
+whole-block rule below: with local prefill, prompts within one 16-token block go local
+whether or not the prefill lanes are backed up. On the default
 profile a prompt adds ~0.145 ms per token to the decode step it rides in, on top of a
 ~58 ms step at batch 8 and k = 8: a 16-token chat prompt costs the batch ~2 ms, a
 2048-token one ~320 ms.)
