@@ -25,6 +25,7 @@ COMPILED = [
     "streamserve/policies/speculation.py",
     "streamserve/policies/flowguard.py",
     "streamserve/policies/specustream.py",
+    "streamserve/policies/queues.py",
     "streamserve/policies/scheduler.py",
     "streamserve/sim/kv.py",
     "streamserve/sim/record.py",

@@ -55,6 +55,7 @@ class LaneStats(NamedTuple):
     pair: int | None = None  # the stream pair the lane belongs to, if any
     tp: int = 1
     context_tokens: int = 0  # KV tokens held by running requests (decode cost driver)
+    block_size: int = 16  # tokens per KV block (vllm:cache_config_info); only whole blocks move between lanes
 
     @property
     def outstanding(self) -> int:

@@ -151,3 +151,49 @@ def test_local_prefill_prediction_counts_the_draft_passes_of_the_batch_it_rides_
     # one iteration: the step with k = 8 is longer by its verify tokens and its 8 draft passes
     assert deep - plain == pytest.approx(PERF.spec_step_time(8, 8000, 8) - PERF.spec_step_time(8, 8000, 0))
     assert deep - plain > PERF.draft_time(8, 8000, 8)
+
+
+def test_a_prompt_within_one_kv_block_is_prefilled_on_a_decode_lane() -> None:
+    """Only whole KV blocks move between engines: a prompt that fits in one block gains
+    nothing from a prefill lane, so FlowGuard (with local prefill) prefills it where it
+    will decode, whatever the prefill lanes' state; one block more goes the usual way."""
+    fg = FlowGuard(PERFS, local_prefill=True, local_max_prompt=64)
+    idle_prefill = lane(0)
+    decode = [lane(1, LaneRole.DECODE, num_running=20, context_tokens=20 * 800, block_size=32),
+              lane(3, LaneRole.DECODE, num_running=2, context_tokens=2 * 800, block_size=32)]
+    assert fg.local_prefill_limit(decode, backed_up=False) == 32
+    assert fg.local_prefill_limit(decode, backed_up=True) == 64
+    assert fg.route(req(prompt=32), [idle_prefill, *decode], Phase.PREFILL, 0.0) == 3  # the lighter decode lane
+    assert fg.route(req(prompt=33), [idle_prefill, *decode], Phase.PREFILL, 0.0) == 0
+    # A decode lane without room is no candidate: the prefill lane takes it after all.
+    full = [d._replace(num_waiting=d.max_waiting) for d in decode]
+    assert fg.route(req(prompt=8), [idle_prefill, *full], Phase.PREFILL, 0.0) == 0
+    # The block size is the lane's: at 16 tokens per block a 32-token prompt moves a block.
+    small = [d._replace(block_size=16) for d in decode]
+    assert fg.route(req(prompt=32), [idle_prefill, *small], Phase.PREFILL, 0.0) == 0
+    # Without local prefill FlowGuard disaggregates everything.
+    plain = FlowGuard(PERFS)
+    assert plain.local_prefill_limit(decode, backed_up=True) == 0
+    assert plain.route(req(prompt=8), [idle_prefill, *decode], Phase.PREFILL, 0.0) == 0
+
+
+def test_scheduler_offers_decode_lanes_to_a_prompt_within_one_block_without_a_burst() -> None:
+    from streamserve.policies.scheduler import StreamScheduler
+
+    class View:
+        disaggregated = True
+
+        def __init__(self) -> None:
+            self.stats = [lane(0), lane(1, LaneRole.DECODE, block_size=32), lane(2), lane(3, LaneRole.DECODE, block_size=32)]
+
+        def lanes(self, phase):
+            return [s for s in self.stats if s.role.serves(phase)]
+
+        def partner(self, lane_id):
+            return None
+
+    s, v = StreamScheduler(FlowGuard(PERFS, local_prefill=True), PERFS), View()
+    (tiny,) = s.on_arrival(req(1, prompt=20), 0.0, v)
+    (usual,) = s.on_arrival(req(2, prompt=200), 0.0, v)
+    assert tiny.phase is Phase.PREFILL and tiny.lane_id in (1, 3)
+    assert usual.lane_id in (0, 2)

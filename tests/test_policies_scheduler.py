@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from streamserve.lanes import LaneRole, LaneStats
 from streamserve.perfmodel import Profile
-from streamserve.policies.base import Fail, Reject, Submit
+from streamserve.policies.base import Fail, Reject, Router, Submit
 from streamserve.policies.registry import PolicyError, build_router, build_scheduler
 from streamserve.policies.scheduler import FCFSScheduler, StreamScheduler
 from streamserve.request import SLO, Phase, Request
@@ -38,6 +38,15 @@ class View:
 
     def set(self, lane_id: int, **kw) -> None:
         self.stats[lane_id] = self.stats[lane_id]._replace(**kw)
+
+    def fill(self, *lane_ids: int) -> None:
+        """Healthy, but no room: requests for these lanes wait."""
+        for lane_id in lane_ids:
+            self.set(lane_id, num_waiting=self.stats[lane_id].max_waiting)
+
+    def empty(self, *lane_ids: int) -> None:
+        for lane_id in lane_ids:
+            self.set(lane_id, num_waiting=0)
 
 
 def req(i: int, prompt: int = 100, arrival: float = 0.0, slo: SLO | None = None) -> Request:
@@ -104,20 +113,18 @@ def test_burst_in_one_callback_is_spread_over_lanes() -> None:
 @pytest.mark.parametrize("order,expected", [("fcfs", [1, 2, 3]), ("spf", [3, 1, 2]), ("edf", [2, 3, 1])])
 def test_orderings(order: str, expected: list[int]) -> None:
     s, v = sched(order=order, lane_backlog_tokens=None), View()
-    v.set(0, healthy=False)
-    v.set(2, healthy=False)
+    v.fill(0, 2)
     s.on_arrival(req(1, prompt=500, arrival=0.0, slo=SLO(ttft=5.0)), 0.0, v)
     s.on_arrival(req(2, prompt=800, arrival=0.1, slo=SLO(ttft=1.0)), 0.1, v)
     s.on_arrival(req(3, prompt=100, arrival=0.2, slo=SLO(ttft=2.0)), 0.2, v)
-    v.set(0, healthy=True)
+    v.empty(0)
     placed = s.on_capacity(0.3, v)
     assert [a.request.id for a in placed] == expected
 
 
 def test_bounded_queue_rejects_with_a_reason() -> None:
     s, v = sched(max_pending=2), View()
-    v.set(0, healthy=False)
-    v.set(2, healthy=False)
+    v.fill(0, 2)
     assert s.on_arrival(req(1), 0, v) == [] and s.on_arrival(req(2), 0, v) == []
     (a,) = s.on_arrival(req(3), 0, v)
     assert isinstance(a, Reject) and "queue full" in a.reason
@@ -125,16 +132,15 @@ def test_bounded_queue_rejects_with_a_reason() -> None:
 
 def test_overload_reject_turns_away_requests_that_cannot_meet_their_slo() -> None:
     s, v = sched(overload="reject"), View()
-    v.set(0, healthy=False)
-    v.set(2, healthy=False)
+    v.fill(0, 2)
     slo = SLO(ttft=0.5)
     assert s.on_arrival(req(1, slo=slo), 0.0, v) == []
-    v.set(0, healthy=True)
+    v.empty(0)
     (late,) = s.on_capacity(0.9, v)
     assert isinstance(late, Reject) and "TTFT SLO" in late.reason
     # a long backlog predicts a wait beyond the SLO: rejected at once
     v.set(0, tokens_queued=100_000)
-    v.set(2, tokens_queued=100_000, healthy=True)
+    v.set(2, tokens_queued=100_000, num_waiting=0)
     (a,) = s.on_arrival(req(2, slo=slo), 1.0, v)
     assert isinstance(a, Reject) and "predicted" in a.reason
     # the queue policy serves it however late
@@ -158,21 +164,19 @@ def test_lane_failure_requeues_then_fails_after_max_attempts() -> None:
 
 def test_lost_request_waiting_for_decode_is_prefilled_again() -> None:
     s, v = sched(), View()
-    v.set(1, healthy=False)
-    v.set(3, healthy=False)
+    v.fill(1, 3)
     r = req(1)
     (a,) = s.on_arrival(r, 0.0, v)
     r.prefill_lane, r.first_token, r.attempts = a.lane_id, 0.1, 1
     assert s.on_prefill_done(r, 0.1, v) == [] and s.pending == 1
     v.set(a.lane_id, healthy=False)
     (again,) = s.on_lane_down(a.lane_id, [r], 0.2, v)
-    assert again.phase is Phase.PREFILL and s.pending == 0
+    assert again.phase is Phase.PREFILL and again.lane_id != a.lane_id and s.pending == 0
 
 
 def test_drain_fails_everything_held_with_reasons() -> None:
     s, v = sched(), View()
-    for lane_id in v.stats:
-        v.set(lane_id, healthy=False)
+    v.fill(*v.stats)
     for i in range(3):
         s.on_arrival(req(i), 0.0, v)
     actions = s.drain(10.0)
@@ -181,12 +185,12 @@ def test_drain_fails_everything_held_with_reasons() -> None:
 
 
 @settings(max_examples=60, deadline=None)
-@given(ops=st.lists(st.tuples(st.sampled_from(["arrive", "block", "free", "capacity", "down", "up"]),
+@given(ops=st.lists(st.tuples(st.sampled_from(["arrive", "block", "free", "capacity", "down", "up", "tick"]),
                               st.sampled_from([0, 2]), st.integers(1, 9000)), max_size=60),
        order=st.sampled_from(["fcfs", "spf", "edf"]), overload=st.sampled_from(["queue", "reject"]),
        router=st.sampled_from(["flowguard", "round_robin", "power_of_two"]))
 def test_no_request_is_ever_lost(ops, order, overload, router) -> None:
-    s = sched(order=order, overload=overload, router=router, max_pending=20)
+    s = sched(order=order, overload=overload, router=router, max_pending=20, max_wait_s=10.0)
     v = View()
     arrived: list[Request] = []
     on_lane: dict[int, set[int]] = {0: set(), 2: set()}
@@ -224,6 +228,18 @@ def test_no_request_is_ever_lost(ops, order, overload, router) -> None:
         elif op == "up":
             v.set(lane_id, healthy=True)
             apply(s.on_capacity(now, v), now)
+        elif op == "tick":  # time passes with no event: the runtime fires what is due
+            now += x / 500
+            deadline = s.next_deadline()
+            while deadline is not None and deadline <= now:
+                apply(s.on_timer(deadline, v), deadline)
+                assert s.next_deadline() is None or s.next_deadline() > deadline
+                deadline = s.next_deadline()
+        deadline = s.next_deadline()
+        assert (deadline is None) == (s.pending == 0)
+        assert deadline is None or deadline > now - 0.1 - 1e-9  # nothing held past its bound
+        if not (v.stats[0].healthy or v.stats[2].healthy):
+            assert s.pending == 0  # nothing waits for a lane that is not there
     apply(s.drain(now), now)
     placed = on_lane[0] | on_lane[2]
     assert s.pending == 0
@@ -312,3 +328,127 @@ def test_backfill_is_validated() -> None:
     router = build_router({"name": "flowguard"}, PERFS)
     with pytest.raises(PolicyError, match="backfill: must be >= 0, got -1"):
         build_scheduler({"name": "stream", "backfill": -1}, router, PERFS)
+
+
+# ---------------------------------------------------------------- no healthy lane, bounded waits
+def _prefilled(s: StreamScheduler, v: View, r: Request, now: float) -> list:
+    (a,) = s.on_arrival(r, now, v)
+    r.prefill_lane, r.first_token, r.attempts, r.generated = a.lane_id, now + 0.1, 1, 1
+    return s.on_prefill_done(r, now + 0.1, v)
+
+
+def test_no_healthy_decode_lane_ends_held_and_lost_requests_at_once() -> None:
+    s, v = sched(), View()
+    on_decode = req(1)
+    assert _prefilled(s, v, on_decode, 0.0)  # placed on a decode lane
+    v.fill(1, 3)
+    held_for_decode = req(2)
+    assert _prefilled(s, v, held_for_decode, 0.2) == [] and s.pending == 1
+    v.fill(0, 2)
+    queued = [req(3), req(4)]
+    assert all(s.on_arrival(r, 0.3, v) == [] for r in queued) and s.pending == 3
+    v.set(3, healthy=False)
+    assert s.on_lane_down(3, [], 0.4, v) == []  # lane 1 is still healthy: everything waits for room
+    v.set(1, healthy=False)
+    on_decode.attempts = 1
+    ended = s.on_lane_down(1, [on_decode], 0.5, v)
+    assert {a.request.id for a in ended} == {1, 2, 3, 4} and s.pending == 0
+    assert all(isinstance(a, Fail) and "no healthy decode lane (lanes 1, 3 down)" in a.reason for a in ended)
+    assert s.next_deadline() is None
+    (late,) = s.on_arrival(req(5), 0.6, v)
+    assert isinstance(late, Reject) and "no healthy decode lane" in late.reason
+    # A prefill that was running when the last decode lane went fails when it ends.
+    r = req(6)
+    r.prefill_lane, r.first_token, r.attempts, r.generated = 0, 0.7, 1, 1
+    (f,) = s.on_prefill_done(r, 0.7, v)
+    assert isinstance(f, Fail) and "decode" in f.reason and s.pending == 0
+
+
+def test_no_healthy_prefill_lane_fails_the_prefill_queue_but_decodes_what_is_prefilled() -> None:
+    s, v = sched(), View()
+    v.fill(1, 3)
+    held = req(1)
+    assert _prefilled(s, v, held, 0.0) == []
+    v.fill(0, 2)
+    assert s.on_arrival(req(2), 0.2, v) == []
+    v.set(0, healthy=False)
+    v.set(2, healthy=False)
+    v.empty(1)
+    actions = s.on_lane_down(2, [], 0.3, v)  # lane 0 went quietly: the view says so
+    fail, place = sorted(actions, key=lambda a: isinstance(a, Submit))
+    assert isinstance(fail, Fail) and fail.request.id == 2 and "no healthy prefill lane" in fail.reason
+    assert isinstance(place, Submit) and place.request is held and place.lane_id == 1
+    (a,) = s.on_arrival(req(3), 0.4, v)
+    assert isinstance(a, Reject) and "no healthy prefill lane (lanes 0, 2 down)" in a.reason
+
+
+def test_colocated_cluster_needs_only_one_healthy_lane() -> None:
+    s, v = sched(), View(disaggregated=False)
+    v.set(0, healthy=False)
+    (a,) = s.on_arrival(req(1), 0.0, v)
+    assert isinstance(a, Submit) and a.lane_id == 2
+
+
+def test_a_request_waits_for_a_full_lane_at_most_max_wait_s() -> None:
+    s, v = sched(max_wait_s=5.0), View()
+    v.fill(0, 2)
+    assert s.next_deadline() is None
+    assert s.on_arrival(req(1), 1.0, v) == [] and s.on_arrival(req(2), 2.0, v) == []
+    assert s.next_deadline() == 6.0
+    assert s.on_timer(5.9, v) == []
+    (f,) = s.on_timer(6.0, v)
+    assert isinstance(f, Fail) and f.request.id == 1 and "waited 5 s for a prefill lane" in f.reason
+    assert s.next_deadline() == 7.0 and s.pending == 1
+    v.empty(2)  # room again: the timer places rather than fails
+    (p,) = s.on_timer(7.0, v)
+    assert isinstance(p, Submit) and p.request.id == 2 and s.next_deadline() is None
+
+
+def test_a_prefilled_request_holds_its_kv_at_most_max_hold_s() -> None:
+    s, v = sched(max_hold_s=3.0), View()
+    v.fill(1, 3)
+    r = req(1)
+    assert _prefilled(s, v, r, 0.0) == []
+    assert s.next_deadline() == pytest.approx(3.1)
+    deadline = s.next_deadline()
+    assert s.on_timer(deadline - 0.01, v) == []
+    (f,) = s.on_timer(deadline, v)
+    assert isinstance(f, Fail) and f.request is r and "waited 3 s for a decode lane" in f.reason
+    assert f"lane {r.prefill_lane}" in f.reason and "lease" in f.reason
+    assert s.pending == 0 and s.next_deadline() is None
+
+
+def test_wait_bounds_are_validated_and_reach_the_fcfs_baseline() -> None:
+    router = build_router({"name": "round_robin"}, PERFS)
+    for key in ("max_wait_s", "max_hold_s"):
+        with pytest.raises(PolicyError, match=f"{key}: must be > 0 seconds, got 0"):
+            build_scheduler({"name": "stream", key: 0}, router, PERFS)
+    f = build_scheduler({"name": "fcfs", "max_wait_s": 2.5, "max_hold_s": 1.5}, router, PERFS)
+    assert isinstance(f, FCFSScheduler) and (f.max_wait_s, f.max_hold_s) == (2.5, 1.5)
+    s = StreamScheduler(router)
+    assert (s.max_wait_s, s.max_hold_s) == (30.0, 20.0)
+
+
+class OnlyRoute(Router):
+    """A router of one's own that implements nothing optional."""
+
+    name = "only_route"
+
+    def route(self, request, lanes, phase, now):
+        ok = [lane for lane in lanes if lane.has_room]
+        return ok[-1].lane_id if ok else None
+
+
+def test_a_router_without_optional_capabilities_gets_the_defaults() -> None:
+    router = OnlyRoute()
+    assert router.local_prefill_limit([LaneStats(1, LaneRole.DECODE)], True) == 0
+    s, v = StreamScheduler(router, PERFS, pairing="pairs", lane_backlog_tokens=1000), View()
+    r = req(1)
+    (a,) = s.on_arrival(r, 0.0, v)  # pairs mode routes the prefill lanes alone
+    assert a.lane_id == 2
+    v.set(0, tokens_queued=5000)
+    v.set(2, tokens_queued=5000)
+    assert s.on_arrival(req(2, prompt=10), 0.1, v) == []  # backed up: no decode lane offered for a prefill
+    r.prefill_lane, r.first_token = 2, 0.1
+    (d,) = s.on_prefill_done(r, 0.2, v)
+    assert d.lane_id == 3  # the partner

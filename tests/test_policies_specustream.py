@@ -163,3 +163,45 @@ def test_climb_finds_the_brute_force_optimum_for_class_mixes(rates, counts, cont
     best, values = best_depth(PERF, batch, context, alphas, mix, K_MAX, objective=objective)
     k = policy.depth(LANE.lane_id, batch, context, 0.0, mix)
     assert values[k] >= values[best] * (1 - 1e-9)
+
+
+def _steps(policy: SpecuStream, lane: int, alpha: float, n: int, classes: dict[str, int] | None,
+           split: bool, seed: int = 0) -> None:
+    """``n`` steps on ``lane`` at acceptance ``alpha`` for every class; ``classes`` goes to
+    depth() (None: the runtime does not count classes), ``split``: observe() gets by_class."""
+    rng = np.random.default_rng(seed)
+    batch = sum(classes.values()) if classes else 16
+    mix = classes or {"x": batch}
+    for i in range(n):
+        k = max(1, policy.depth(lane, batch, batch * 1000, float(i), classes))
+        by_class = {c: (k * m, int(np.minimum(rng.geometric(1 - alpha, size=m) - 1, k).sum())) for c, m in mix.items()}
+        policy.observe(StepObservation(lane, k, batch, batch * 1000, sum(d for d, _ in by_class.values()),
+                                       sum(a for _, a in by_class.values()), 0.05, float(i),
+                                       by_class if split else None))
+
+
+@pytest.mark.parametrize("classes,split", [({"chat": 8, "code": 8}, False), (None, True), (None, False)])
+def test_learns_whatever_class_inputs_the_runtime_passes(classes, split) -> None:
+    """Classes to depth() only, outcomes per class to observe() only, or neither: the
+    estimate depth() reads is one that the observations update."""
+    fresh = SpecuStream({1: PERF}, K_MAX, prior_alpha=0.3)
+    k_prior = fresh.depth(1, 16, 16000, 0.0, classes)
+    policy = SpecuStream({1: PERF}, K_MAX, prior_alpha=0.3)
+    _steps(policy, 1, 0.9, 300, classes, split)
+    for cls in (classes or {"*": 0}):
+        assert abs(policy.alpha(1, cls) - 0.9) < 0.05, cls
+    assert policy.depth(1, 16, 16000, 1e3, classes) > k_prior + 1
+
+
+def test_pooled_estimate_forms_from_several_lanes_reporting_to_one_object() -> None:
+    """One policy object for the cluster (as the simulator shares one): each lane's steps
+    feed the class's pooled estimate, which a lane that has seen none of that class starts
+    from, while each lane's own estimate stays its own."""
+    policy = SpecuStream({i: PERF for i in range(3)}, K_MAX, prior_alpha=0.3)
+    _steps(policy, 0, 0.9, 300, {"code": 16}, split=True, seed=1)
+    _steps(policy, 1, 0.6, 300, {"code": 16}, split=True, seed=2)
+    assert abs(policy.alpha(0, "code") - 0.9) < 0.05 and abs(policy.alpha(1, "code") - 0.6) < 0.05
+    pooled = policy.pooled_alpha("code")
+    assert 0.6 < pooled < 0.9 and policy.alpha(2, "code") == pooled
+    assert policy.depth(2, 16, 16000, 0.0, {"code": 16}) > SpecuStream({2: PERF}, K_MAX, prior_alpha=0.3).depth(
+        2, 16, 16000, 0.0, {"code": 16})

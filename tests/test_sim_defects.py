@@ -35,7 +35,9 @@ def test_1_a_decode_lane_failing_under_transfers_requeues_each_request_once():
     # 1P1D, decode KV for three requests, so others wait for blocks with their KV held
     # on the prefill lane; the decode lane then fails. On main both the prefill lane's
     # held KV and the decode lane's incoming list handed the same request back.
-    lanes = [{"role": "prefill"}, {"role": "decode", "engine": {"kv_capacity_tokens": 4000}}]
+    # A second decode lane stays up: with none, the policy fails what the dead lane held.
+    lanes = [{"role": "prefill"}, {"role": "decode", "engine": {"kv_capacity_tokens": 4000}},
+             {"role": "decode", "engine": {"kv_capacity_tokens": 4000}}]
     n = 15
     cfg = cluster("streamserve", lanes=lanes, faults=[{"lane": 1, "at": 1.0, "kind": "down", "duration": 5.0}], **FCFS)
     result = run(cfg, workload([1000] * n, [200] * n, np.linspace(0, 1.4, n)), seed=0)
@@ -83,10 +85,11 @@ def test_4_a_long_closed_loop_of_failing_requests_does_not_recurse():
 def test_kv_in_flight_to_a_lane_that_fails_is_requeued_not_lost():
     # Found by the property test in a first version of sim/handoff.py (main passes it): a
     # transfer under way to a decode lane that fails must give its request back.
-    lanes = [{"role": "prefill"}, {"role": "decode"}]
+    lanes = [{"role": "prefill"}, {"role": "decode"}, {"role": "decode"}]  # one decode lane stays up
     cfg = cluster("streamserve", lanes=lanes, link={"bandwidth_gbps": 1.0, "latency_ms": 0.1},
                   faults=[{"lane": 1, "at": 0.5, "kind": "down", "duration": 1.0}], **FCFS)
     result = run(cfg, workload([1000, 1000], [20, 20], [0.0, 0.05]), seed=0)
     _accounted(result, 2)
-    assert all(r.state is State.FINISHED and r.attempts == 2 for r in result.requests)
-    assert all(r.decode_start > 1.5 for r in result.requests)
+    assert all(r.state is State.FINISHED for r in result.requests)
+    again = [r for r in result.requests if r.attempts == 2]
+    assert again and all(r.decode_lane == 2 for r in again)  # given back, placed on the lane still up

@@ -17,7 +17,10 @@ def decode_sum(prompt: int, output: int) -> float:
 
 @pytest.mark.parametrize("prompt,output", [(500, 40), (2000, 1), (1, 7)])
 def test_disaggregated_single_request(prompt, output):
-    cfg = cluster("streamserve", spec_policy={"name": "fixed", "k": 0})
+    # The disaggregated path: with local prefill, a prompt within one KV block would be
+    # prefilled on the decode lane.
+    cfg = cluster("streamserve", spec_policy={"name": "fixed", "k": 0},
+                  router={"name": "flowguard", "local_prefill": False})
     r = run(cfg, workload([prompt], [output], [2.0])).requests[0]
     ttft = PERF.prefill_time(prompt, prompt * prompt)
     assert r.ttft == pytest.approx(ttft, rel=1e-9)

@@ -79,6 +79,27 @@ class Router(ABC):
         request's TPOT. Routers that predict latency correct themselves with it.
         """
 
+    # Optional capabilities: the scheduler asks every router, and these defaults say
+    # "not supported", so a router of one's own implements only what it does.
+    def local_prefill_limit(self, decode_lanes: Sequence[LaneStats], backed_up: bool) -> int:
+        """The longest prompt, in tokens, this router may prefill on a decode lane, which
+        then decodes the request with no KV transfer (conditional disaggregation); 0:
+        never (the default).
+
+        On disaggregated clusters the scheduler offers ``decode_lanes`` next to the
+        prefill lanes to ``route`` for a prompt up to this limit. ``backed_up``: every
+        prefill lane is over the scheduler's backlog bound (a burst); the backed-up
+        prefill lanes are then offered too, and choosing one means "wait for it". While
+        the head of the queue is over the limit in a burst, the scheduler may offer
+        requests behind it (backfill)."""
+        return 0
+
+    def route_pair(self, request: Request, pairs: Sequence[tuple[LaneStats, LaneStats]], now: float) -> int | None:
+        """Stream-pair mode: the prefill lane of one of ``pairs`` (prefill lane, its decode
+        partner, both with room); the decode phase will go to the partner. By default
+        the prefill lanes are routed alone."""
+        return self.route(request, [pre for pre, _ in pairs], Phase.PREFILL, now)
+
 
 def usable(lanes: Sequence[LaneStats]) -> list[LaneStats]:
     """The lanes a router may choose from."""

@@ -34,14 +34,15 @@ pressure (0.5) matters only near full, which its square makes so. Acceptance is 
 in the TPOT prediction, so its own weight is small (0.1). ``benchmarks/flowguard_weights.py``
 measured these weights against alternatives, without local prefill (results in
 ``benchmarks/results/flowguard_weights.json``; 8000 requests x 3 seeds of the ablation's
-bursty ``paper`` workload): on a symmetric cluster every setting is within 3% of
-round-robin on p99 E2E and 1% on goodput (routing has little to fix there; the defaults
-gave 20.7 s p99 against round-robin's 21.1 s, the lowest with queue depth alone), but
-with one decode lane at half speed routing matters: the defaults gave the lowest TPOT
-(14.9 ms; round-robin 36.6 ms) and a p99 E2E of 28.1 s against round-robin's 45.5 s,
-queue depth alone 31.1 s and latency alone 28.4 s. Latency and queue at equal weight
-gave a slightly lower p99 there (27.2 s, within seed noise) at a higher TPOT and a worse
-symmetric tail (21.0 s), so the defaults stay.
+bursty ``paper`` workload): on a symmetric cluster every setting is within 4% of
+round-robin on p99 E2E and 0.3% on goodput (routing has little to fix there; the defaults
+gave 21.1 s p99 against round-robin's 21.6 s, and the order among the settings changed
+when the measured capacity, and with it the load, moved by 0.3% between two runs of the
+script), but with one decode lane at half speed routing matters: the defaults gave a
+TPOT of 15.0 ms (round-robin 34.0 ms) and a p99 E2E of 27.4 s against round-robin's
+44.1 s, queue depth alone 30.1 s and latency alone 28.1 s. Latency and queue at equal
+weight did as well (27.3 s and 15.0 ms there, 20.9 s symmetric), within seed noise, so
+the defaults stay.
 
 Conditional disaggregation (``local_prefill``, off by default, on in the shipped
 ``streamserve`` cluster): when every prefill lane is backed up, the scheduler also offers
@@ -57,12 +58,14 @@ bursty ``paper`` workload, 10000 requests x 16 seeds): it rescues the TTFT of sh
 requests stuck behind long prompts in a burst (goodput), but each local prefill stalls
 the whole decode batch, and the E2E tail is the long summarisation outputs (every one
 of the slowest 1% decodes more than 1000 tokens), whose E2E is almost all decode time.
-Prompts up to 2048 tokens give 8.41 goodput requests/s against round-robin's 5.98, but put
-the long outputs' TPOT 1.2% above round-robin's and a p99 E2E 0.2% above; with no local
-prefill FlowGuard's decode placement puts that TPOT 1.5% below and p99 E2E 1.4% below,
+Prompts up to 2048 tokens give 8.38 goodput requests/s against round-robin's 5.98, but put
+the long outputs' TPOT 1.3% above round-robin's and p99 E2E only 0.2% below; with no local
+prefill FlowGuard's decode placement puts that TPOT 1.5% below and p99 E2E 1.9% below,
 at round-robin's goodput. The stall grows with the prompt, the rescue does not, so a cap
-keeps the cheap rescues: 64 tokens (the default) gives 7.23 requests/s with p99 E2E 1.0%
-below round-robin's (13 of 16 seeds); 128 gives 8.03 and -0.2%. (On the default
+keeps the cheap rescues: 64 tokens (the default) gives 7.23 requests/s with p99 E2E 1.4%
+below round-robin's (11 of 16 seeds); 128 gives 8.02 and -0.2%. (These runs include the
+whole-block rule below: with local prefill, prompts within one 16-token block go local
+whether or not the prefill lanes are backed up. On the default
 profile a prompt adds ~0.145 ms per token to the decode step it rides in, on top of a
 ~58 ms step at batch 8 and k = 8: a 16-token chat prompt costs the batch ~2 ms, a
 2048-token one ~320 ms.)
@@ -80,6 +83,16 @@ The local path's TTFT prediction includes the draft passes
 of the batch it rides with (leaving them out made deep-speculating decode lanes look
 faster at prefilling than they are; including them cut p99 E2E by 2% and added a little
 goodput).
+
+Whole KV blocks (with ``local_prefill``). Only whole KV blocks move from a prefill lane
+to a decode lane, and the decode engine computes the prompt's last token itself: vLLM's
+ExampleConnector (the CPU path) loads ``(p - 2) // B`` whole blocks of a ``p``-token
+prompt (block size ``B``, ``LaneStats.block_size``, which the runtimes read from the
+engines), so a 128-token prompt at ``B = 32`` moves 96 tokens and recomputes 32, and a
+prompt of at most one block moves nothing and is prefilled twice. Such a prompt gains
+nothing from disaggregation, so FlowGuard prefills it on the decode lane that it would
+pick for a local prefill (whenever one can take it, burst or not), and a prompt within
+one block is offered decode lanes at any time (``local_prefill_limit``).
 
 Lanes that are unhealthy, full (``has_room``) or, for a decode placement, without the KV
 room for the prompt are never chosen; when none is left, ``route`` returns ``None`` and
@@ -195,7 +208,7 @@ class FlowGuard(Router):
             if not lane.healthy or lane.kv_usage >= 1.0 or lane.num_waiting >= lane.max_waiting:
                 continue  # not ``has_room``
             if decode or lane.role is LaneRole.DECODE:  # the request's KV will live here
-                if not decode and not may_local:
+                if not decode and not may_local and not (self.local_prefill and prompt <= lane.block_size):
                     continue
                 free = lane.kv_free_tokens
                 if free is not None and free < prompt:
@@ -260,6 +273,15 @@ class FlowGuard(Router):
             out.append((cost, lane, r, t))
         return out
 
+    @staticmethod
+    def _max_block(lanes: Sequence[LaneStats]) -> int:
+        """The largest KV block of the decode lanes among ``lanes`` (0 if none)."""
+        block = 0
+        for lane in lanes:
+            if lane.role is LaneRole.DECODE and lane.block_size > block:
+                block = lane.block_size
+        return block
+
     def _remember(self, request: Request, phase: Phase, lane_id: int, raw: float) -> None:
         if len(self._predicted) > 200_000:  # requests that failed never report back
             for key in list(self._predicted)[:100_000]:
@@ -267,7 +289,13 @@ class FlowGuard(Router):
         self._predicted[(request.id, phase)] = (lane_id, raw)
 
     def route(self, request: Request, lanes: Sequence[LaneStats], phase: Phase, now: float) -> int | None:
-        scored = self.costs(request, lanes, phase)
+        scored: list[tuple[float, LaneStats, float, float | None]] = []
+        if self.local_prefill and phase is Phase.PREFILL and request.prompt_len <= self._max_block(lanes):
+            # Only whole KV blocks move: a prompt within one block gains nothing from a
+            # prefill lane, so the best decode lane that can take it prefills it.
+            scored = self.costs(request, [lane for lane in lanes if self.in_one_block(request, lane)], phase)
+        if not scored:
+            scored = self.costs(request, lanes, phase)
         if not scored:
             return None
         choice = scored[0]
@@ -280,6 +308,20 @@ class FlowGuard(Router):
         if tpot is not None:  # colocated: its decode will be reported against this lane too
             self._remember(request, Phase.DECODE, lane.lane_id, tpot)
         return lane.lane_id
+
+    def local_prefill_limit(self, decode_lanes: Sequence[LaneStats], backed_up: bool) -> int:
+        """Prompts that fit in one KV block of a decode lane at any time; in a burst also
+        those up to ``local_max_prompt`` (0 without ``local_prefill``)."""
+        if not self.local_prefill:
+            return 0
+        block = max((lane.block_size for lane in decode_lanes), default=0)
+        return max(block, self.local_max_prompt) if backed_up else block
+
+    @staticmethod
+    def in_one_block(request: Request, lane: LaneStats) -> bool:
+        """Whether ``request``'s prompt fits in one KV block of decode lane ``lane``:
+        disaggregating it would move no whole block, only the prefill twice."""
+        return lane.role is LaneRole.DECODE and request.prompt_len <= lane.block_size
 
     def route_pair(self, request: Request, pairs: Sequence[tuple[LaneStats, LaneStats]], now: float) -> int | None:
         """Stream-pair mode: pick the prefill lane whose pair (prefill + its decode partner)

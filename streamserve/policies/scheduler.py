@@ -21,11 +21,13 @@ What it adds over a plain FIFO, and why:
   first: lower mean TTFT, but long prompts wait under load), ``edf`` (earliest TTFT
   deadline first; requests without an SLO use ``arrival + default_deadline``, or come
   after every request with one when it is ``None``, the default).
-  Requests whose lane failed go first in every order.
+  Requests whose lane failed go first in every order. Each order is one
+  ``RequestQueue`` class (``policies/queues.py``), chosen once from the config.
 * **Backfill** (``backfill``, default 8; 0 turns it off). With conditional
   disaggregation, a head-of-queue prompt too long for a local prefill must wait for a
   backed-up prefill lane; up to ``backfill`` requests behind it may meanwhile be
-  prefilled on a decode lane if the router picks that (``_backfill``). Measured on the
+  prefilled on a decode lane if the router picks that (``_backfill``; the router
+  declares how long a prompt it may prefill locally, ``Router.local_prefill_limit``). Measured on the
   ablation's bursty ``paper`` load (10000 requests x 6 seeds): goodput 8.41 against 7.41
   requests/s without it (4 requests: 8.17), p99 E2E within noise (19.3 s against
   19.1 s); it costs the simulator about 18% more time on that load (routing calls while
@@ -39,6 +41,22 @@ What it adds over a plain FIFO, and why:
   ``overload: queue`` (default) serves everything, however late.
 * **Failures.** Requests on a failed lane lost their KV; they are requeued (at the front)
   to prefill again, up to ``max_attempts`` prefills, then failed with a reason.
+* **No healthy lane.** When no healthy lane serves a phase (every decode lane down, say),
+  nothing tells when one will return, so nothing waits for it: arrivals are rejected,
+  and every held or lost request that needs that phase fails at once with the reason
+  ("no healthy decode lane (lanes 1, 3 down)"); the live front end answers 503 or an SSE
+  error event, the simulator records the failure. A request prefilling when the last
+  decode lane goes fails when its prefill ends.
+* **Bounded waits.** A lane that exists but is full is waited for, within bounds that the
+  runtime enforces by calling ``on_timer`` at ``next_deadline()`` (O(1): both queues are
+  in order of joining): ``max_wait_s`` (default 30) for a request held for a prefill lane
+  (from when it joined the queue, again after a lane loss), ``max_hold_s`` (default 20)
+  for a prefilled request whose KV waits on its prefill lane for a decode lane. The
+  latter must stay below the engines' KV lease (vLLM's NIXL ``kv_lease_duration``,
+  30 s by default), after which the prefill engine frees that KV. Either ends the
+  request with a ``Fail`` naming the bound. Held KV is failed rather than prefilled
+  again: a decode backlog that lasted ``max_hold_s`` is not relieved by more prefill
+  work, and the request would rejoin the back of the same backlog.
 * **Stream pairs.** ``pairing: pairs`` sends decode to the prefill lane's partner (to any
   decode lane while the partner is down); with a router that scores pairs (FlowGuard's
   ``route_pair``) the prefill lane is chosen for the pair as a whole.
@@ -49,8 +67,6 @@ Every request ends finished (by the runtime), rejected or failed, each with a re
 """
 from __future__ import annotations
 
-import heapq
-import itertools
 import math
 from collections import deque
 from typing import Mapping, Sequence
@@ -60,9 +76,9 @@ from mypy_extensions import mypyc_attr
 from streamserve.lanes import LaneRole, LaneStats
 from streamserve.perfmodel import LanePerf
 from streamserve.policies.base import Action, ClusterView, Fail, Reject, Router, Scheduler, Submit
+from streamserve.policies.queues import make_queue
 from streamserve.request import Phase, Request
 
-ORDERS = ("fcfs", "spf", "edf")
 OVERLOAD = ("queue", "reject")
 PAIRING = ("independent", "pairs")
 
@@ -73,6 +89,7 @@ class _Shadow:
     The runtime carries out the returned actions after the callback, so a snapshot taken
     inside it does not show requests placed a moment earlier in the same callback.
     Without this, a burst placed in one go would all pick the same "least loaded" lane.
+    One per callback, passed down as a local.
     """
 
     def __init__(self) -> None:
@@ -94,6 +111,22 @@ class _Shadow:
         return out
 
 
+class _Offer:
+    """The lanes offered to the router for one prefill placement.
+
+    ``hold_if``: backed-up prefill lanes offered only as "wait for me" next to decode
+    lanes for a local prefill; ``limit``: the router's local-prefill limit at the time;
+    ``backed_up``: every prefill lane was over the backlog bound."""
+
+    __slots__ = ("lanes", "hold_if", "limit", "backed_up")
+
+    def __init__(self, lanes: list[LaneStats], hold_if: set[int], limit: int, backed_up: bool) -> None:
+        self.lanes = lanes
+        self.hold_if = hold_if
+        self.limit = limit
+        self.backed_up = backed_up
+
+
 @mypyc_attr(allow_interpreted_subclasses=True)  # a policy of your own may subclass it
 class StreamScheduler(Scheduler):
     name = "stream"
@@ -101,9 +134,8 @@ class StreamScheduler(Scheduler):
     def __init__(self, router: Router, perf: Mapping[int, LanePerf] | None = None, order: str = "fcfs",
                  pairing: str = "independent", max_attempts: int = 3, max_pending: int | None = 100_000,
                  overload: str = "queue", lane_backlog_tokens: int | None = 1024,
-                 default_deadline: float | None = None, backfill: int = 8) -> None:
-        if order not in ORDERS:
-            raise ValueError(f"order: must be one of {', '.join(ORDERS)}, got {order!r}")
+                 default_deadline: float | None = None, backfill: int = 8,
+                 max_wait_s: float = 30.0, max_hold_s: float = 20.0) -> None:
         if pairing not in PAIRING:
             raise ValueError(f"pairing: must be 'independent' or 'pairs', got {pairing!r}")
         if overload not in OVERLOAD:
@@ -116,6 +148,9 @@ class StreamScheduler(Scheduler):
             raise ValueError(f"backfill: must be >= 0, got {backfill}")
         if lane_backlog_tokens is not None and lane_backlog_tokens < 1:
             raise ValueError(f"lane_backlog_tokens: must be >= 1, got {lane_backlog_tokens}")
+        for key, value in (("max_wait_s", max_wait_s), ("max_hold_s", max_hold_s)):
+            if not value > 0:
+                raise ValueError(f"{key}: must be > 0 seconds, got {value}")
         self.router = router
         self.order = order
         self.pairing = pairing
@@ -125,70 +160,40 @@ class StreamScheduler(Scheduler):
         self.lane_backlog_tokens = lane_backlog_tokens
         self.default_deadline = math.inf if default_deadline is None else default_deadline
         self.backfill = backfill
+        self.max_wait_s = float(max_wait_s)
+        self.max_hold_s = float(max_hold_s)
         perf = dict(perf or {})
         # Seconds per prompt token on one prefill lane, for the overload predictor.
         self._sec_per_token = min((p.prefill_seconds_per_token() for p in perf.values()), default=0.0)
-        self._prefill: list[tuple[tuple[float, float, int], Request]] = []  # heap
-        self._fifo: deque[Request] = deque()  # fcfs keeps a deque: O(1) and no keys
-        self._retry: deque[Request] = deque()  # lost their lane: go before everything
-        self._decode: deque[Request] = deque()
-        self._queued_tokens = 0
-        self._seq = itertools.count()
+        self._queue = make_queue(order, self.default_deadline)  # held for a prefill lane
+        self._decode: deque[tuple[float, Request]] = deque()  # (held since, request): prefilled, KV held
         self._submitted: dict[int, float] = {}  # request id -> time of its prefill submission
-        self._shadow = _Shadow()
-        self._hold_if: set[int] = set()  # backed-up prefill lanes offered only as "wait for me"
 
-    # ------------------------------------------------------------ queue plumbing
     @property
     def pending(self) -> int:
-        return len(self._prefill) + len(self._fifo) + len(self._retry) + len(self._decode)
-
-    def _push_prefill(self, request: Request) -> None:
-        self._queued_tokens += request.prompt_len
-        if self.order == "fcfs":
-            self._fifo.append(request)
-            return
-        if self.order == "spf":
-            key = (float(request.prompt_len), request.arrival, next(self._seq))
-        else:
-            ttft = request.slo.ttft if request.slo is not None and request.slo.ttft is not None else None
-            deadline = request.arrival + (ttft if ttft is not None else self.default_deadline)
-            key = (deadline, request.arrival, next(self._seq))
-        heapq.heappush(self._prefill, (key, request))
-
-    def _peek_prefill(self) -> Request | None:
-        if self._retry:
-            return self._retry[0]
-        if self._fifo:
-            return self._fifo[0]
-        return self._prefill[0][1] if self._prefill else None
-
-    def _pop_prefill(self) -> Request:
-        if self._retry:
-            r = self._retry.popleft()
-        elif self._fifo:
-            r = self._fifo.popleft()
-        else:
-            r = heapq.heappop(self._prefill)[1]
-        self._queued_tokens -= r.prompt_len
-        return r
+        return len(self._queue) + len(self._decode)
 
     # ------------------------------------------------------------ placement
-    def _prefill_lanes(self, view: ClusterView) -> list[LaneStats]:
-        all_prefill = self._shadow.apply(view.lanes(Phase.PREFILL))
+    def _prefill_lanes(self, request: Request, view: ClusterView, shadow: _Shadow) -> _Offer:
+        all_prefill = shadow.apply(view.lanes(Phase.PREFILL))
         lanes = self._backlog_ok(all_prefill)
-        self._hold_if = set()
-        if not lanes and view.disaggregated and getattr(self.router, "local_prefill", False):
-            # Every prefill lane is backed up (a burst): the router may prefill on a decode
-            # lane, which then decodes the request with no KV transfer (conditional
-            # disaggregation). It weighs that against waiting for the backed-up prefill
-            # lanes, which stay candidates: choosing one means "hold the request here".
-            # Only in bursts: a prefill in a decode step delays every token of its batch.
-            local = self._backlog_ok(self._shadow.apply(view.lanes(Phase.DECODE)))
-            if local:
-                self._hold_if = {lane.lane_id for lane in all_prefill}
-                lanes = all_prefill + local
-        return lanes
+        backed_up = not lanes
+        hold_if: set[int] = set()
+        limit = 0
+        if view.disaggregated:
+            limit = self.router.local_prefill_limit(view.lanes(Phase.DECODE), backed_up)
+            if request.prompt_len <= limit:
+                # The router may prefill this prompt on a decode lane, which then decodes
+                # it with no KV transfer (conditional disaggregation). In a burst it weighs
+                # that against waiting for the backed-up prefill lanes, which stay
+                # candidates: choosing one means "hold the request here".
+                local = self._backlog_ok(shadow.apply(view.lanes(Phase.DECODE)))
+                if local and backed_up:
+                    hold_if = {lane.lane_id for lane in all_prefill}
+                    lanes = all_prefill + local
+                elif local:
+                    lanes = lanes + local
+        return _Offer(lanes, hold_if, limit, backed_up)
 
     def _backlog_ok(self, lanes: list[LaneStats]) -> list[LaneStats]:
         if self.lane_backlog_tokens is None:
@@ -197,17 +202,16 @@ class StreamScheduler(Scheduler):
         # with nothing queued always qualifies, so one huge prompt is never stuck.
         return [lane for lane in lanes if lane.tokens_queued == 0 or lane.tokens_queued < self.lane_backlog_tokens]
 
-    def _place_prefill(self, request: Request, now: float, view: ClusterView,
-                       lanes: list[LaneStats] | None = None) -> Submit | None:
-        """``lanes``: the candidates from ``_prefill_lanes``, when the caller has them
-        (they hold while nothing is placed; ``_hold_if`` is set along with them)."""
-        if lanes is None:
-            lanes = self._prefill_lanes(view)
+    def _place_prefill(self, request: Request, now: float, view: ClusterView, shadow: _Shadow,
+                       offer: _Offer | None = None) -> Submit | None:
+        if offer is None:
+            offer = self._prefill_lanes(request, view, shadow)
+        lanes = offer.lanes
         if not lanes:
             return None
         lane_id: int | None
         if self.pairing == "pairs" and view.disaggregated:
-            decode = {lane.lane_id: lane for lane in self._shadow.apply(view.lanes(Phase.DECODE))}
+            decode = {lane.lane_id: lane for lane in shadow.apply(view.lanes(Phase.DECODE))}
             pairs = []
             for lane in lanes:
                 if lane.role is LaneRole.DECODE:
@@ -215,21 +219,17 @@ class StreamScheduler(Scheduler):
                 partner = view.partner(lane.lane_id)
                 if partner is not None and partner in decode and decode[partner].has_room:
                     pairs.append((lane, decode[partner]))
-            route_pair = getattr(self.router, "route_pair", None)
-            if route_pair is not None:
-                lane_id = route_pair(request, pairs, now)
-            else:
-                lane_id = self.router.route(request, [p for p, _ in pairs], Phase.PREFILL, now)
+            lane_id = self.router.route_pair(request, pairs, now)
         else:
             lane_id = self.router.route(request, lanes, Phase.PREFILL, now)
-        if lane_id is None or lane_id in self._hold_if:
+        if lane_id is None or lane_id in offer.hold_if:
             return None
-        self._shadow.add(lane_id, request.prompt_len)
+        shadow.add(lane_id, request.prompt_len)
         self._submitted[request.id] = now
         return Submit(request, lane_id, Phase.PREFILL)
 
-    def _place_decode(self, request: Request, now: float, view: ClusterView) -> Submit | None:
-        lanes = self._shadow.apply(view.lanes(Phase.DECODE))
+    def _place_decode(self, request: Request, now: float, view: ClusterView, shadow: _Shadow) -> Submit | None:
+        lanes = shadow.apply(view.lanes(Phase.DECODE))
         if self.pairing == "pairs":
             partner = view.partner(request.prefill_lane)
             paired = [lane for lane in lanes if lane.lane_id == partner and lane.healthy]
@@ -238,7 +238,7 @@ class StreamScheduler(Scheduler):
         lane_id = self.router.route(request, lanes, Phase.DECODE, now)
         if lane_id is None:
             return None
-        self._shadow.add(lane_id, request.prompt_len)
+        shadow.add(lane_id, request.prompt_len)
         return Submit(request, lane_id, Phase.DECODE)
 
     def _missed_ttft(self, request: Request, now: float) -> float | None:
@@ -248,95 +248,120 @@ class StreamScheduler(Scheduler):
             return slo.ttft
         return None
 
-    def _dispatch(self, now: float, view: ClusterView) -> list[Action]:
+    def _dispatch(self, now: float, view: ClusterView, shadow: _Shadow) -> list[Action]:
         actions: list[Action] = []
-        while self._decode:
-            action = self._place_decode(self._decode[0], now, view)
+        decode = self._decode
+        while decode:
+            action = self._place_decode(decode[0][1], now, view, shadow)
             if action is None:
                 break
-            self._decode.popleft()
+            decode.popleft()
             actions.append(action)
+        queue = self._queue
         while True:
-            request = self._peek_prefill()
+            request = queue.peek()
             if request is None:
                 break
             missed = self._missed_ttft(request, now)
             if missed is not None:
-                self._pop_prefill()
+                queue.pop()
                 actions.append(Reject(request, f"TTFT SLO {missed * 1e3:.0f} ms passed while queued"))
                 continue
-            action = self._place_prefill(request, now, view)
+            offer = self._prefill_lanes(request, view, shadow)
+            action = self._place_prefill(request, now, view, shadow, offer)
             if action is None:
-                if self.backfill and self._hold_if and not self._retry:
-                    cap = getattr(self.router, "local_max_prompt", None)
-                    if cap is not None and request.prompt_len > cap:
-                        actions += self._backfill(now, view, cap)
+                if (self.backfill and offer.backed_up and request.prompt_len > offer.limit > 0
+                        and not queue.retrying):
+                    actions += self._backfill(now, view, shadow, offer.limit)
                 break
-            self._pop_prefill()
+            queue.pop()
             actions.append(action)
         return actions
 
-    def _backfill(self, now: float, view: ClusterView, cap: int) -> list[Action]:
+    def _backfill(self, now: float, view: ClusterView, shadow: _Shadow, limit: int) -> list[Action]:
         """Place requests behind a head that cannot be prefilled locally.
 
-        Called when every prefill lane is backed up, the router was offered decode lanes
-        for a local prefill, and the head's prompt is over the router's
-        ``local_max_prompt``: it can only wait for a prefill lane, and without this every
-        short prompt behind it would wait too, though a decode lane could take it now
-        (head-of-line blocking). Up to ``backfill`` requests past the head are offered to
-        the router in queue order; those over the cap are skipped without a routing call,
-        and the router may still hold the others. The head keeps its place. Cost:
-        at most ``backfill`` routing calls per dispatch, only while the head is stuck.
+        Called when every prefill lane is backed up and the head's prompt is over the
+        router's local-prefill limit: it can only wait for a prefill lane, and without
+        this every short prompt behind it would wait too, though a decode lane could
+        take it now (head-of-line blocking). Up to ``backfill`` requests past the head
+        are offered to the router in queue order; those over the limit are skipped
+        without a routing call, and the router may still hold the others. The head
+        keeps its place. Cost: at most ``backfill`` routing calls per dispatch, only
+        while the head is stuck.
         """
+        if not self._backlog_ok(shadow.apply(view.lanes(Phase.DECODE))):
+            return []  # no decode lane could take a local prefill either
         placed: list[Action] = []
-        lanes = self._prefill_lanes(view)
-        if self.order == "fcfs":
-            n = min(len(self._fifo), self.backfill + 1)
-            items = [self._fifo.popleft() for _ in range(n)]
-            keep = items[:1]
-            for request in items[1:]:
-                action = None
-                if request.prompt_len <= cap and lanes:
-                    action = self._place_prefill(request, now, view, lanes)
-                if action is None:
-                    keep.append(request)
-                else:
-                    placed.append(action)
-                    self._queued_tokens -= request.prompt_len
-                    lanes = self._prefill_lanes(view)  # the placement changed the shadow
-            self._fifo.extendleft(reversed(keep))
-        else:
-            n = min(len(self._prefill), self.backfill + 1)
-            entries = [heapq.heappop(self._prefill) for _ in range(n)]
-            back = entries[:1]
-            for entry in entries[1:]:
-                action = None
-                if entry[1].prompt_len <= cap and lanes:
-                    action = self._place_prefill(entry[1], now, view, lanes)
-                if action is None:
-                    back.append(entry)
-                else:
-                    placed.append(action)
-                    self._queued_tokens -= entry[1].prompt_len
-                    lanes = self._prefill_lanes(view)  # the placement changed the shadow
-            for entry in back:
-                heapq.heappush(self._prefill, entry)
+
+        def take(request: Request) -> bool:
+            if request.prompt_len > limit:
+                return False
+            action = self._place_prefill(request, now, view, shadow)
+            if action is None:
+                return False
+            placed.append(action)
+            return True
+
+        self._queue.backfill(self.backfill, take)
         return placed
 
     def _predicted_wait(self, view: ClusterView) -> float:
         """Queueing delay a new arrival would see: the prompt tokens ahead of it, here and
-        in lane queues, spread over the healthy prefill lanes. With none healthy there is
-        no basis for a prediction (they may come back): 0, and the deadline check in
-        ``_dispatch`` rejects the request if they do not come back in time."""
+        in lane queues, spread over the healthy prefill lanes (0 with none: the arrival
+        is then turned away for want of a lane)."""
         lanes = [lane for lane in view.lanes(Phase.PREFILL) if lane.healthy]
         if not lanes:
             return 0.0
-        ahead = self._queued_tokens + min(lane.tokens_queued for lane in lanes) * len(lanes)
+        ahead = self._queue.tokens + min(lane.tokens_queued for lane in lanes) * len(lanes)
         return ahead * self._sec_per_token / len(lanes)
+
+    # ------------------------------------------------------------ no lane, waiting too long
+    @staticmethod
+    def _no_lane(view: ClusterView, phase: Phase) -> str:
+        """Why no request can be served in ``phase`` now ("" when a healthy lane exists)."""
+        lanes = view.lanes(phase)
+        for lane in lanes:
+            if lane.healthy:
+                return ""
+        down = ", ".join(str(lane.lane_id) for lane in lanes)
+        return f"no healthy {phase.value} lane (lanes {down} down)" if lanes else f"no {phase.value} lane"
+
+    def _end_stranded(self, view: ClusterView) -> list[Action]:
+        """Fail every held request that needs a phase no healthy lane serves.
+
+        A lane may come back, but nothing says when: a request waiting for it would
+        wait unboundedly while its client waits too, so it ends at once with the
+        reason, and the runtime answers (HTTP 503 or an SSE error event) instead.
+        Requests waiting only for room on a healthy lane wait, up to ``max_wait_s``."""
+        actions: list[Action] = []
+        no_decode = self._no_lane(view, Phase.DECODE) if view.disaggregated else ""
+        if no_decode:
+            for _, request in self._decode:
+                actions.append(Fail(request, f"{no_decode} to take its KV from lane {request.prefill_lane}"))
+            self._decode.clear()
+        why = self._no_lane(view, Phase.PREFILL) or no_decode
+        if why and len(self._queue):
+            for request in self._queue.clear():
+                self._submitted.pop(request.id, None)
+                actions.append(Fail(request, why))
+        return actions
+
+    def next_deadline(self) -> float | None:
+        """The earliest time a held request reaches its bound: ``max_wait_s`` after it
+        joined the prefill queue, or ``max_hold_s`` after its prefill ended while it
+        waits for a decode lane. O(1) amortised: both queues are in order of joining."""
+        t = self._queue.oldest()
+        deadline = math.inf if t is None else t + self.max_wait_s
+        if self._decode:
+            deadline = min(deadline, self._decode[0][0] + self.max_hold_s)
+        return None if deadline == math.inf else deadline
 
     # ------------------------------------------------------------ callbacks
     def on_arrival(self, request: Request, now: float, view: ClusterView) -> list[Action]:
-        self._shadow = _Shadow()
+        why = self._no_lane(view, Phase.PREFILL) or (self._no_lane(view, Phase.DECODE) if view.disaggregated else "")
+        if why:
+            return [Reject(request, why)]
         if self.max_pending is not None and self.pending >= self.max_pending:
             return [Reject(request, f"scheduler queue full ({self.max_pending} requests held)")]
         if self.overload == "reject" and request.slo is not None and request.slo.ttft is not None:
@@ -344,58 +369,69 @@ class StreamScheduler(Scheduler):
             if wait > request.slo.ttft:
                 return [Reject(request, f"predicted queueing {wait * 1e3:.0f} ms exceeds TTFT SLO "
                                         f"{request.slo.ttft * 1e3:.0f} ms")]
-        if self._peek_prefill() is None:
-            action = self._place_prefill(request, now, view)
+        if len(self._queue) == 0:
+            action = self._place_prefill(request, now, view, _Shadow())
             if action is not None:
                 return [action]
-        self._push_prefill(request)  # lanes are busy or others wait: on_capacity places it
+        self._queue.add(request, now)  # lanes are busy or others wait: on_capacity places it
         return []
 
     def on_prefill_done(self, request: Request, now: float, view: ClusterView) -> list[Action]:
-        self._shadow = _Shadow()
         submitted = self._submitted.pop(request.id, None)
         if submitted is not None:
             self.router.observe(request.prefill_lane, Phase.PREFILL, request, request.first_token - submitted, now)
         if not view.disaggregated or request.decode_lane >= 0:
             return []  # prefilled where it decodes (a colocated lane, or a local prefill)
         if not self._decode:
-            action = self._place_decode(request, now, view)
+            action = self._place_decode(request, now, view, _Shadow())
             if action is not None:
                 return [action]
-        self._decode.append(request)
+        self._decode.append((now, request))
+        if self._no_lane(view, Phase.DECODE):
+            return self._end_stranded(view)
         return []
 
     def on_finish(self, request: Request, now: float, view: ClusterView) -> list[Action]:
-        self._shadow = _Shadow()
         if request.generated > 1:
             lane = request.decode_lane if request.decode_lane >= 0 else request.prefill_lane
             self.router.observe(lane, Phase.DECODE, request, request.tpot, now)
         return []  # both runtimes follow a finish with ``on_capacity``, which places what waits
 
     def on_capacity(self, now: float, view: ClusterView) -> list[Action]:
-        self._shadow = _Shadow()
-        return self._dispatch(now, view)
+        return self._dispatch(now, view, _Shadow())
 
     def on_lane_down(self, lane_id: int, lost: list[Request], now: float, view: ClusterView) -> list[Action]:
-        self._shadow = _Shadow()
         gone = {id(r) for r in lost}
         if self._decode:
-            self._decode = deque(r for r in self._decode if id(r) not in gone)
+            self._decode = deque(e for e in self._decode if id(e[1]) not in gone)
         actions: list[Action] = []
-        for request in reversed(lost):  # appendleft: keep their order at the front
+        retry: list[Request] = []
+        for request in lost:
             self._submitted.pop(request.id, None)
             if request.attempts >= self.max_attempts:
                 actions.append(Fail(request, f"lane {lane_id} failed; no attempts left ({request.attempts})"))
             else:
-                self._queued_tokens += request.prompt_len
-                self._retry.appendleft(request)
-        actions.reverse()
-        return actions + self._dispatch(now, view)
+                retry.append(request)
+        self._queue.prepend(retry, now)  # at the front, in their order: they have waited already
+        return actions + self._end_stranded(view) + self._dispatch(now, view, _Shadow())
+
+    def on_timer(self, now: float, view: ClusterView) -> list[Action]:
+        """Place what a lane can take now; then end what waited past its bound: held for
+        a prefill lane ``max_wait_s``, or holding KV for a decode lane ``max_hold_s``."""
+        actions = self._end_stranded(view) + self._dispatch(now, view, _Shadow())
+        for request in self._queue.expire(now, self.max_wait_s):
+            self._submitted.pop(request.id, None)
+            actions.append(Fail(request, f"waited {self.max_wait_s:g} s for a prefill lane with room"))
+        decode = self._decode
+        while decode and decode[0][0] + self.max_hold_s <= now:
+            request = decode.popleft()[1]
+            actions.append(Fail(request, f"waited {self.max_hold_s:g} s for a decode lane with room; its KV "
+                                         f"on lane {request.prefill_lane} is released before the engine's lease ends"))
+        return actions
 
     def drain(self, now: float) -> list[Action]:
-        actions: list[Action] = [Fail(r, "still waiting for a decode lane when the run ended") for r in self._decode]
-        while self._peek_prefill() is not None:
-            actions.append(Fail(self._pop_prefill(), "still queued for prefill when the run ended"))
+        actions: list[Action] = [Fail(r, "still waiting for a decode lane when the run ended") for _, r in self._decode]
+        actions += [Fail(r, "still queued for prefill when the run ended") for r in self._queue.clear()]
         self._decode.clear()
         self._submitted.clear()
         return actions
@@ -404,10 +440,12 @@ class StreamScheduler(Scheduler):
 @mypyc_attr(allow_interpreted_subclasses=True)  # a policy of your own may subclass it
 class FCFSScheduler(StreamScheduler):
     """The simple baseline: one FIFO queue, requests bound to lane queues at once, no
-    admission control beyond the lanes' own bounds."""
+    admission control beyond the lanes' own bounds (waits are bounded as StreamScheduler's)."""
 
     name = "fcfs"
 
-    def __init__(self, router: Router, max_attempts: int = 3, pairing: str = "independent") -> None:
+    def __init__(self, router: Router, max_attempts: int = 3, pairing: str = "independent",
+                 max_wait_s: float = 30.0, max_hold_s: float = 20.0) -> None:
         super().__init__(router, order="fcfs", pairing=pairing, max_attempts=max_attempts,
-                         max_pending=None, overload="queue", lane_backlog_tokens=None, backfill=0)
+                         max_pending=None, overload="queue", lane_backlog_tokens=None, backfill=0,
+                         max_wait_s=max_wait_s, max_hold_s=max_hold_s)

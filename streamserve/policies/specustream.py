@@ -41,6 +41,23 @@ signals". This module makes that precise:
   nothing and so learns nothing about acceptance; every ``probe_every`` steps at k = 0 it
   runs one step at k = 1 to keep its estimate current (cost: a fraction of one step in
   ``probe_every``).
+* **Inputs, and what each runtime can pass.** ``depth(lane, batch, context, now,
+  classes)``: ``classes`` counts the batch's sequences by workload class
+  (``Request.dataset``). ``observe(StepObservation)``: the step's drafted and accepted
+  tokens, and in ``by_class`` the same per class. The estimate of a class on a lane
+  falls back, in order, to the class pooled over lanes, the lane's unsplit estimate,
+  the pooled unsplit estimate and ``prior_alpha``, so a runtime may pass classes to
+  either call, both or neither and every estimate that is read is one that learns.
+  The simulator passes both. vLLM's engine-side scheduler (``gpu/specsched.py``) can
+  pass both too: a request's class travels as request metadata (the OpenAI request's
+  ``vllm_xargs``, which vLLM puts in ``SamplingParams.extra_args``), ``classes`` is a
+  count over its running requests, and ``by_class`` sums the per-request counts that
+  vLLM hands to ``make_spec_decoding_stats`` (it names the request). Pooling forms in
+  any one policy object that observes several lanes (the simulator shares one across
+  its lanes); a live engine's own object sees only its lane unless the other lanes'
+  observations (with their ``lane_id``) are relayed to it, and without that a
+  class new to a lane starts from ``prior_alpha`` rather than from the cluster's
+  estimate.
 * **Hysteresis.** The previous k is kept unless another is better by ``switch_margin``
   (relative), which stops flapping between near-equal depths on a flat optimum.
 """
@@ -158,24 +175,33 @@ class SpecuStream(SpecPolicy):
         c = self._pool_counts.get(cls)
         return self.prior_alpha if c is None else c.alpha
 
+    def _counts(self, lane_id: int, cls: str) -> _Counts | None:
+        """The estimate that speaks for ``cls`` on ``lane_id``: the lane's own for the
+        class, else the class's pooled over lanes, else the lane's unsplit one (a runtime
+        that reports no per-class outcomes), else the pooled unsplit one."""
+        counts, pools = self._lane_counts, self._pool_counts
+        return counts.get((lane_id, cls)) or pools.get(cls) or counts.get((lane_id, ALL)) or pools.get(ALL)
+
     def alpha(self, lane_id: int, cls: str = ALL) -> float:
         """The current acceptance estimate for ``cls`` on ``lane_id``."""
-        c = self._lane_counts.get((lane_id, cls))
-        if c is not None:
-            return c.alpha
-        c = self._pool_counts.get(cls)
+        c = self._counts(lane_id, cls)
         return self.prior_alpha if c is None else c.alpha
 
     def observe(self, obs: StepObservation) -> None:
         k = obs.k
         if k <= 0 or obs.drafted <= 0:
             return
+        st = self._lanes.get(obs.lane_id)
         if obs.by_class:
             for cls, (drafted, accepted) in obs.by_class.items():
                 if drafted > 0:
                     self._fold(obs.lane_id, cls, drafted / k, accepted, k)
+            if st is None or not st.classes:
+                # depth() gets no class counts from this lane's runtime (or another
+                # lane's steps are relayed here): it reads the unsplit estimate, so
+                # that learns from the step too.
+                self._fold(obs.lane_id, ALL, obs.drafted / k, obs.accepted, k)
         else:  # a batch of one class is reported without a split: it is the class depth() saw
-            st = self._lanes.get(obs.lane_id)
             self._fold(obs.lane_id, ALL if st is None else st.single, obs.drafted / k, obs.accepted, k)
 
     def _fold(self, lane_id: int, cls: str, seqs: float, accepted: int, k: int) -> None:
@@ -232,7 +258,7 @@ class SpecuStream(SpecPolicy):
                 classes: dict[str, int] | None) -> int:
         st.batch, st.classes, st.age = batch_size, dict(classes) if classes else {}, 1
         perf = self.perf.get(lid, self._default_perf)
-        counts, pools, prior = self._lane_counts, self._pool_counts, self.prior_alpha
+        prior = self.prior_alpha
         if classes and len(classes) == 1:
             st.single = cls = next(iter(classes))
             classes = {cls: batch_size}
@@ -243,7 +269,7 @@ class SpecuStream(SpecPolicy):
         terms = []
         for cls, n in classes.items():
             if n > 0:
-                c = counts.get((lid, cls)) or pools.get(cls)
+                c = self._counts(lid, cls)
                 a = prior if c is None else c.alpha
                 terms.append((a if a < ALPHA_CAP else ALPHA_CAP, n))
         if not terms:

@@ -143,7 +143,7 @@ class SimLane:
             len(self.waiting) + len(self.ready) + len(self.incoming), len(self.running),
             self.queued_tokens, kv.used / kv.total, (kv.total - kv.used) * kv.block_size,
             self.max_num_seqs, self.max_waiting, self.step_ewma, self.util,
-            self.accept_ewma, self.k, self.pair, self.perf.tp, self.ctx_dec,
+            self.accept_ewma, self.k, self.pair, self.perf.tp, self.ctx_dec, kv.block_size,
         )
 
     def misfit(self, req: Request) -> str:
