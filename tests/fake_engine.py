@@ -11,7 +11,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from streamserve.gpu.frontend import ServerThread
+from streamserve.gpu.app import ServerThread
 
 
 def free_port() -> int:

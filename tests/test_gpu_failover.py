@@ -19,9 +19,9 @@ pytest.importorskip("vllm", reason="needs vLLM's CPU build (scripts/install-vllm
 from fake_engine import free_port  # noqa: E402
 from streamserve.gpu.config import parse_live  # noqa: E402
 from streamserve.gpu.engines import EngineSet  # noqa: E402
-from streamserve.gpu.frontend import ServerThread, create_app  # noqa: E402
+from streamserve.gpu.app import ServerThread  # noqa: E402
 from streamserve.gpu.models import prepare  # noqa: E402
-from streamserve.gpu.serve import build_frontend  # noqa: E402
+from streamserve.gpu.serve import build_app, build_frontend  # noqa: E402
 from streamserve.request import State  # noqa: E402
 
 PROMPT = ("A decode lane keeps the KV cache of every request it serves; when its engine dies that cache "
@@ -45,7 +45,7 @@ def cluster(tmp_path_factory):
     try:
         fe = build_frontend(cfg, engines)
         port = free_port()
-        server = ServerThread(create_app(fe), "127.0.0.1", port)
+        server = ServerThread(build_app(cfg, fe), "127.0.0.1", port)
         server.start()
         yield {"url": f"http://127.0.0.1:{port}", "fe": fe, "engines": engines}
     finally:
@@ -123,7 +123,7 @@ def test_killing_a_decode_engine_mid_run(cluster):
         last = json.loads(lines[-2][6:])
         if "error" in last:
             errors += 1
-            assert last["error"]["code"] == "lane_down" and "lane 1" in last["error"]["message"]
+            assert last["error"]["type"] == "LaneDown" and "lane 1" in last["error"]["message"]
     metrics = httpx.get(url + "/metrics", timeout=10).text
     key = 'streamserve_lane_requests_total{lane="0",phase="prefill",role="prefill"} '
     retried = float(metrics.split(key)[1].split()[0]) - 8  # second prefills

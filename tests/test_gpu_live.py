@@ -19,10 +19,11 @@ pytest.importorskip("vllm", reason="needs vLLM's CPU build (scripts/install-vllm
 from fake_engine import free_port  # noqa: E402
 from streamserve.gpu.config import parse_live  # noqa: E402
 from streamserve.gpu.engines import EngineSet, engine_specs  # noqa: E402
-from streamserve.gpu.frontend import ServerThread, create_app  # noqa: E402
-from streamserve.gpu.lanes import M_ACCEPTED, M_DRAFT_TOKENS, M_DRAFTS, M_EXTERNAL_PROMPT, parse_prometheus  # noqa: E402
+from streamserve.gpu.app import ServerThread  # noqa: E402
+from streamserve.gpu.lanes import M_ACCEPTED, M_DRAFT_TOKENS, M_DRAFTS, M_EXTERNAL_PROMPT  # noqa: E402
+from streamserve.gpu.telemetry import parse_metrics  # noqa: E402
 from streamserve.gpu.models import model_dir, prepare  # noqa: E402
-from streamserve.gpu.serve import build_frontend  # noqa: E402
+from streamserve.gpu.serve import build_app, build_frontend  # noqa: E402
 
 EXTERNAL = M_EXTERNAL_PROMPT + '{source="external_kv_transfer"}'
 PROMPTS = [
@@ -68,7 +69,7 @@ def live(tmp_path_factory):
         mine.engines = engines.engines[:2]  # the front end watches the engines of its own lanes
         fe = build_frontend(disagg, mine)
         port = free_port()
-        server = ServerThread(create_app(fe), "127.0.0.1", port)
+        server = ServerThread(build_app(disagg, fe), "127.0.0.1", port)
         server.start()
         yield {"url": f"http://127.0.0.1:{port}", "fe": fe, "prefill": engines.engines[0].url,
                "decode": engines.engines[1].url, "coloc": engines.engines[2].url, "engines": engines,
@@ -81,7 +82,7 @@ def live(tmp_path_factory):
 
 
 def _metrics(url: str) -> dict[str, float]:
-    return parse_prometheus(httpx.get(url + "/metrics", timeout=10).text)
+    return parse_metrics(httpx.get(url + "/metrics", timeout=10).text)
 
 
 def _complete(url: str, prompt: str, **kw) -> dict:
@@ -127,7 +128,7 @@ def test_front_end_metrics_answer(live):
     _complete(live["url"], PROMPTS[2], stream=False)
     time.sleep(0.5)
     text = httpx.get(live["url"] + "/metrics", timeout=10).text
-    m = parse_prometheus(text)
+    m = parse_metrics(text)
     assert m["streamserve_lane_requests_total"] >= 2
     assert 'streamserve_lane_healthy{lane="1",role="decode"} 1.0' in text
     assert "streamserve_spec_k" in m and "streamserve_ttft_seconds_bucket" in m

@@ -6,31 +6,38 @@ import signal
 import threading
 from pathlib import Path
 
+from fastapi import FastAPI
+
 from streamserve.gpu.config import LiveConfig
 from streamserve.gpu.engines import ENV_SPEC_POLICY, EngineSet, engine_specs
-from streamserve.gpu.frontend import FrontEnd, ServerThread, create_app
+from streamserve.gpu.app import ServerThread, create_app
+from streamserve.gpu.executor import Executor
 from streamserve.gpu.lanes import LiveLane
-from streamserve.gpu.policyload import build_engine_spec_policy, build_front_policies, lane_perf
+from streamserve.gpu.policyload import build_engine_spec_policy, build_front_scheduler, lane_perf
 from streamserve.lanes import LaneRole
 
 
 def build_lanes(cfg: LiveConfig, log_dir: Path | None = None) -> list[LiveLane]:
     specs = engine_specs(cfg, log_dir=log_dir)
     return [LiveLane(lane_id=s.lane_id, role=LaneRole(s.entry.role), url=s.url, max_num_seqs=s.entry.max_num_seqs,
-                     pair=s.entry.pair, tp=s.entry.tp, k_trace_path=s.k_trace_path) for s in specs]
+                     pair=s.entry.pair, tp=s.entry.tp) for s in specs]
 
 
-def build_frontend(cfg: LiveConfig, engines: EngineSet | None = None, log_dir: Path | None = None) -> FrontEnd:
+def build_frontend(cfg: LiveConfig, engines: EngineSet | None = None, log_dir: Path | None = None) -> Executor:
     """The front end for ``cfg``'s engines (already running, or started by ``engines``)."""
     lanes = build_lanes(cfg, log_dir)
     perf = lane_perf(cfg.perf.model_dump(), [(lane.lane_id, lane.tp) for lane in lanes], cfg.draft_profile_name)
-    router, scheduler = build_front_policies(cfg.router.model_dump(), cfg.scheduler.model_dump(), perf, cfg.seed)
+    scheduler = build_front_scheduler(cfg.router.model_dump(), cfg.scheduler.model_dump(), perf, cfg.seed)
     alive = None
     if engines is not None:
         by_lane = {e.lane_id: e for e in engines.engines}
         alive = lambda lane_id: by_lane[lane_id].alive()  # noqa: E731
-    return FrontEnd(lanes, cfg.model_name, cfg.max_model_len, router, scheduler, engine_alive=alive,
-                    metrics_interval=cfg.frontend.metrics_interval_s, request_timeout=cfg.frontend.request_timeout_s)
+    return Executor(lanes, scheduler, engine_alive=alive, metrics_interval=cfg.frontend.metrics_interval_s,
+                    request_timeout=cfg.frontend.request_timeout_s)
+
+
+def build_app(cfg: LiveConfig, ex: Executor) -> FastAPI:
+    return create_app(ex, cfg.model_name, cfg.max_model_len)
 
 
 def check_engine_policies(engines: EngineSet) -> None:
@@ -54,7 +61,7 @@ def serve(cfg: LiveConfig, log_dir: Path | None = None, echo=print) -> None:
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     server = None
     try:
-        server = ServerThread(create_app(fe), cfg.frontend.host, cfg.frontend.port)
+        server = ServerThread(build_app(cfg, fe), cfg.frontend.host, cfg.frontend.port)
         server.start()
         echo(f"serving {cfg.model_name} on http://{cfg.frontend.host}:{cfg.frontend.port} "
              f"({', '.join(f'{e.spec.entry.role}:{e.spec.entry.port}' for e in engines.engines)})")
