@@ -91,9 +91,11 @@ class LiveConfig(_Strict):
     kv: KVConfig = KVConfig()
     speculation: LiveSpeculation = LiveSpeculation()
     frontend: FrontendConfig = FrontendConfig()
-    scheduler: PolicyConfig = PolicyConfig(name="fcfs")
-    router: PolicyConfig = PolicyConfig(name="round_robin")
-    spec_policy: PolicyConfig = PolicyConfig(name="fixed", k=4)
+    # StreamServe's policies by default; the baselines are {name: fcfs}, {name: round_robin}
+    # and {name: fixed, k: 4}.
+    scheduler: PolicyConfig = PolicyConfig(name="stream")
+    router: PolicyConfig = PolicyConfig(name="flowguard")
+    spec_policy: PolicyConfig = PolicyConfig(name="specustream")
     perf: PerfRef = PerfRef()
     profile_steps: bool = False  # log every speculative step (tokens, duration) to fit `perf`
     log_dir: str = "streamserve-logs"
