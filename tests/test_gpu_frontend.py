@@ -261,3 +261,46 @@ def test_bench_writes_simulate_outputs(disagg, tmp_path):
     rows = list(csv.DictReader(open(tmp_path / "requests.csv")))
     assert len(rows) == 12 and {r["state"] for r in rows} == {"finished"}
     assert json.loads((tmp_path / "summary.json").read_text())["completed"] == 12
+
+
+def test_streamed_request_an_engine_refuses_gets_400_before_any_stream(disagg):
+    """vLLM answers an invalid field with 400 even when the client asks to stream."""
+    _, _, _, url = disagg
+    r = httpx.post(url + "/v1/completions", json={"prompt": "a", "max_tokens": 4, "temperature": "hot",
+                                                  "stream": True}, timeout=10)
+    assert r.status_code == 400 and r.headers["content-type"].startswith("application/json")
+    assert r.json()["error"]["param"] == "body.temperature"
+
+
+def test_min_tokens_goes_to_the_decode_request_only(disagg):
+    p, d, _, url = disagg
+    r = httpx.post(url + "/v1/completions", json={"prompt": "a", "max_tokens": 8.0, "min_tokens": 5}, timeout=10)
+    assert r.status_code == 200, r.text
+    assert "min_tokens" not in p.received[0] and p.received[0]["max_tokens"] == 1
+    assert d.received[0]["min_tokens"] == 5 and d.received[0]["max_tokens"] == 8
+
+
+def test_a_list_of_prompts_is_answered_as_one_batch(disagg):
+    _, _, _, url = disagg
+    r = httpx.post(url + "/v1/completions", json={"prompt": ["a", "b c"], "max_tokens": 2}, timeout=10)
+    assert r.status_code == 200, r.text
+    answer = r.json()
+    assert [c["index"] for c in answer["choices"]] == [0, 1] and answer["usage"]["completion_tokens"] == 4
+    body = {"prompt": ["a", "b c"], "max_tokens": 3, "stream": True, "stream_options": {"include_usage": True}}
+    with httpx.stream("POST", url + "/v1/completions", json=body, timeout=10) as s:
+        events = [json.loads(line[6:]) for line in s.iter_lines() if line.startswith("data: {")]
+    tokens = [e for e in events if e["choices"]]
+    assert sorted(c["choices"][0]["index"] for c in tokens) == [0, 0, 0, 1, 1, 1]
+    assert events[-1]["choices"] == [] and events[-1]["usage"]["completion_tokens"] == 6  # one usage, summed
+
+
+def test_every_engine_chunk_reaches_the_client_as_its_own_event(disagg):
+    """The front end relays each engine event as one event: it never merges tokens the
+    engine sent apart (which would lengthen a client's measured ITL)."""
+    _, d, _, url = disagg
+    body = {"prompt": "a", "max_tokens": 30, "stream": True}
+    with httpx.stream("POST", url + "/v1/completions", json=body, timeout=10) as r:
+        raw = b"".join(r.iter_bytes())
+    events = [e for e in raw.split(b"\n\n") if e]
+    assert len(events) == 30 + 1  # 30 token chunks (usage not asked for), then [DONE]
+    assert all(e.startswith(b"data: ") and e.count(b"data: ") == 1 for e in events)
