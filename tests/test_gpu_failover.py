@@ -59,7 +59,7 @@ def cluster(tmp_path_factory):
     engines.start(timeout=600)
     server = None
     try:
-        fe = build_frontend(cfg, engines)
+        fe = build_frontend(cfg)
         port = free_port()
         server = ServerThread(build_app(cfg, fe), "127.0.0.1", port)
         server.start()

@@ -178,7 +178,7 @@ def test_a_lane_lost_between_placement_and_use_does_not_strand_the_request():
     router = build_router({"name": "round_robin"}, {})
     dead: set[int] = set()
     fe = Executor(lanes, build_scheduler({"name": "fcfs"}, router, {}),
-                  engine_alive=lambda lane_id: lane_id not in dead, request_timeout=3.0)
+                  request_timeout=3.0)
     apply = fe._apply
 
     def apply_then_kill(actions) -> None:

@@ -65,9 +65,7 @@ def live(tmp_path_factory):
     engines.start(timeout=600)
     server = None
     try:
-        mine = EngineSet([])
-        mine.engines = engines.engines[:2]  # the front end watches the engines of its own lanes
-        fe = build_frontend(disagg, mine)
+        fe = build_frontend(disagg)
         port = free_port()
         server = ServerThread(build_app(disagg, fe), "127.0.0.1", port)
         server.start()

@@ -109,12 +109,10 @@ def _reset(req: Request) -> None:
 
 
 class Executor:
-    def __init__(self, lanes: list[LiveLane], scheduler: Scheduler,
-                 engine_alive: Callable[[int], bool] | None = None,
-                 metrics_interval: float = 0.5, request_timeout: float = 600.0) -> None:
+    def __init__(self, lanes: list[LiveLane], scheduler: Scheduler, metrics_interval: float = 0.5,
+                 request_timeout: float = 600.0) -> None:
         self.lanes = lanes
         self.scheduler = scheduler
-        self.engine_alive = engine_alive
         self.metrics_interval = metrics_interval
         self.request_timeout = request_timeout
         self.view = LiveView(lanes)
@@ -185,8 +183,9 @@ class Executor:
                 log.exception("lane monitor")
 
     async def _answers(self, lane: LiveLane) -> bool:
-        if self.engine_alive is not None and not self.engine_alive(lane.lane_id):
-            return False
+        """Whether a lane's engine still serves: its ``/health`` answers (a dead
+        engine's port refuses at once). A restarted engine, by ``--restart`` or by
+        hand, is taken back by ``scrape`` as soon as it answers again."""
         return await self.client.healthy(lane.url)
 
     def usable(self, phase: Phase) -> bool:

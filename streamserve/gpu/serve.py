@@ -23,16 +23,12 @@ def build_lanes(cfg: LiveConfig, log_dir: Path | None = None) -> list[LiveLane]:
                      pair=s.entry.pair, tp=s.entry.tp) for s in specs]
 
 
-def build_frontend(cfg: LiveConfig, engines: EngineSet | None = None, log_dir: Path | None = None) -> Executor:
-    """The front end for ``cfg``'s engines (already running, or started by ``engines``)."""
+def build_frontend(cfg: LiveConfig, log_dir: Path | None = None) -> Executor:
+    """The front end for ``cfg``'s engines."""
     lanes = build_lanes(cfg, log_dir)
     perf = lane_perf(cfg.perf.model_dump(), [(lane.lane_id, lane.tp) for lane in lanes], cfg.draft_profile_name)
     scheduler = build_front_scheduler(cfg.router.model_dump(), cfg.scheduler.model_dump(), perf, cfg.seed)
-    alive = None
-    if engines is not None:
-        by_lane = {e.lane_id: e for e in engines.engines}
-        alive = lambda lane_id: by_lane[lane_id].alive()  # noqa: E731
-    return Executor(lanes, scheduler, engine_alive=alive, metrics_interval=cfg.frontend.metrics_interval_s,
+    return Executor(lanes, scheduler, metrics_interval=cfg.frontend.metrics_interval_s,
                     request_timeout=cfg.frontend.request_timeout_s)
 
 
@@ -50,10 +46,14 @@ def check_engine_policies(engines: EngineSet) -> None:
             build_engine_spec_policy(json.loads(raw), k_max=k_max["num_speculative_tokens"])
 
 
-def serve(cfg: LiveConfig, log_dir: Path | None = None, echo=print) -> None:
-    """Start every engine, then the front end; run until SIGINT/SIGTERM; stop all."""
+def serve(cfg: LiveConfig, log_dir: Path | None = None, echo=print, restart: bool = False) -> None:
+    """Start every engine, then the front end; run until SIGINT/SIGTERM; stop all.
+
+    Every second the engines are looked at: one whose API server died has its whole
+    process group reaped, and with ``restart`` it is started again; the front end
+    takes its lane back once it answers ``/health``."""
     engines = EngineSet.from_config(cfg, log_dir=log_dir)
-    fe = build_frontend(cfg, engines, log_dir)  # bad policy configs fail here, before any engine starts
+    fe = build_frontend(cfg, log_dir)  # bad policy configs fail here, before any engine starts
     check_engine_policies(engines)
     echo(f"starting {len(engines.engines)} engine(s); logs in {log_dir or cfg.log_dir}")
     engines.start(cfg.startup_timeout_s)
@@ -68,6 +68,7 @@ def serve(cfg: LiveConfig, log_dir: Path | None = None, echo=print) -> None:
         while not stop.wait(1.0):
             if not server.thread.is_alive():
                 break
+            engines.supervise(restart, cfg.startup_timeout_s, echo)
     finally:
         if server is not None:
             server.stop()
