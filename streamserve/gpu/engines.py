@@ -28,6 +28,7 @@ SPEC_SCHEDULER_CLS = "streamserve.gpu.specsched.SpecuStreamScheduler"
 ENV_SPEC_POLICY = "STREAMSERVE_SPEC_POLICY"  # JSON: the policy config the engine's scheduler builds
 ENV_K_TRACE = "STREAMSERVE_K_TRACE"  # file the engine's scheduler appends k changes to
 ENV_STEP_LOG = "STREAMSERVE_STEP_LOG"  # file it appends every step to (profile_steps: true)
+BOUNDED_EXAMPLE_CONNECTOR = ("BoundedExampleConnector", "streamserve.gpu.kvstore")  # class, module
 NIXL_SIDE_CHANNEL_BASE = 5600  # one NIXL handshake port per engine on a host
 
 
@@ -67,8 +68,9 @@ def kv_transfer_config(cfg: LiveConfig) -> dict[str, object] | None:
     if not cfg.disaggregated:
         return None
     conf: dict[str, object] = {"kv_connector": cfg.connector, "kv_role": "kv_both"}
-    if cfg.connector == "ExampleConnector":
-        conf["kv_connector_extra_config"] = {"shared_storage_path": cfg.kv.shared_storage_path}
+    if cfg.connector == "ExampleConnector":  # ours: the same, with a bounded folder (gpu/kvstore.py)
+        conf.update(kv_connector=BOUNDED_EXAMPLE_CONNECTOR[0], kv_connector_module_path=BOUNDED_EXAMPLE_CONNECTOR[1],
+                    kv_connector_extra_config={"shared_storage_path": cfg.kv.shared_storage_path})
     return conf
 
 
