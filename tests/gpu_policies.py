@@ -9,17 +9,22 @@ from streamserve.request import Phase, Request
 
 
 class BatchStep(SpecPolicy):
-    """``k_single`` for a batch of one sequence, ``k_batched`` for larger batches."""
+    """``k_single`` for a batch of one sequence, ``k_batched`` for larger batches; a
+    batch of one class listed in ``k_class`` gets that class's k (so a test sees the
+    request's class reach the engine's policy)."""
 
     name = "batch_step"
 
-    def __init__(self, k_max: int, k_single: int, k_batched: int) -> None:
+    def __init__(self, k_max: int, k_single: int, k_batched: int, k_class: dict[str, int] | None = None) -> None:
         self.k_max = k_max
         self.k_single = k_single
         self.k_batched = k_batched
+        self.k_class = dict(k_class or {})
 
     def depth(self, lane_id: int, batch_size: int, context_tokens: int, now: float,
               classes: dict[str, int] | None = None) -> int:
+        if classes and len(classes) == 1 and next(iter(classes)) in self.k_class:
+            return self.k_class[next(iter(classes))]
         return self.k_single if batch_size <= 1 else self.k_batched
 
 

@@ -44,7 +44,8 @@ def _cfg(kind: str, ports: list[int], kv_path: str, log_dir: str) -> dict:
     if kind == "disagg":
         base.update(engines=[{"role": "prefill", "port": ports[0]}, {"role": "decode", "port": ports[1]}],
                     speculation={"method": "ngram", "k_max": 4, "prompt_lookup_min": 2, "prompt_lookup_max": 4},
-                    spec_policy={"name": "tests.gpu_policies:BatchStep", "k_single": 4, "k_batched": 1},
+                    spec_policy={"name": "tests.gpu_policies:BatchStep", "k_single": 4, "k_batched": 1,
+                                 "k_class": {"probe": 2}},
                     profile_steps=True,
                     # the paper's scheduler and router, which read the engines' KV figures
                     scheduler={"name": "stream"}, router={"name": "flowguard"})
@@ -215,3 +216,76 @@ def _kv_dir(live):
 
 def _external(live) -> float:
     return _metrics(live["decode"]).get(EXTERNAL, 0.0)
+
+
+CHAT_MSG = [{"role": "user", "content": "Say something about schedulers."}]
+CONFORMANCE = [  # (endpoint, body): the same request to our front end and to a plain vLLM engine
+    ("completions", {"prompt": "The scheduler", "max_tokens": 5}),
+    ("completions", {"prompt": "The scheduler", "max_tokens": 5, "stream": True}),
+    ("chat/completions", {"messages": CHAT_MSG, "max_tokens": 5}),
+    ("chat/completions", {"messages": CHAT_MSG, "max_tokens": 5, "stream": True,
+                          "stream_options": {"include_usage": True}}),
+    ("completions", {"prompt": "a b", "max_tokens": 4, "temperature": "hot"}),
+    ("completions", {"prompt": "a b", "max_tokens": 4, "temperature": "hot", "stream": True}),
+    ("chat/completions", {"messages": CHAT_MSG, "max_tokens": 4, "temperature": "hot", "stream": True}),
+    ("completions", {"prompt": "a b", "max_tokens": 8, "min_tokens": 5}),
+    ("completions", {"prompt": "a b", "max_tokens": 8, "min_tokens": 5, "stream": True}),
+    ("completions", {"prompt": "a b", "max_tokens": 4.0}),
+    ("completions", {"prompt": "a b", "max_tokens": 4.5}),
+    ("completions", {"prompt": "a b", "max_tokens": 0}),
+    ("completions", {"prompt": "a b", "max_tokens": 3, "stream": "yes"}),
+    ("completions", {"prompt": ["a b", "c d e"], "max_tokens": 3}),
+    ("completions", {"prompt": ["a b", "c d e"], "max_tokens": 3, "stream": True,
+                     "stream_options": {"include_usage": True}}),
+    ("completions", {"max_tokens": 3}),
+    ("completions", {"prompt": 5, "max_tokens": 3}),
+    ("chat/completions", {"max_tokens": 3}),
+    ("chat/completions", {"messages": "hi", "max_tokens": 3}),
+    ("chat/completions", {"messages": "hi", "max_tokens": 3, "stream": True}),
+    ("completions", {"prompt": "a b", "max_tokens": 3, "model": "other"}),
+    ("completions", {"prompt": "token " * 1100, "max_tokens": 3}),
+    ("completions", {"prompt": "token " * 1100, "max_tokens": 3, "stream": True}),
+    ("completions", {"prompt": "a b", "max_tokens": 3, "logprobs": 2, "echo": False}),
+    ("completions", b"{oops"),
+]
+
+
+def _shape(r: httpx.Response) -> dict:
+    """What must agree: the status, and an error's type, param and code, or an answer's
+    kind, choice indexes and usage fields, or a stream's events."""
+    if r.status_code != 200:
+        return {"status": r.status_code, **{k: v for k, v in r.json()["error"].items() if k != "message"}}
+    if r.headers["content-type"].startswith("text/event-stream"):
+        events = [e for e in r.text.split("\n\n") if e]
+        chunks = [json.loads(e[6:]) for e in events[:-1]]
+        return {"status": 200, "last": events[-1], "objects": sorted({c["object"] for c in chunks}),
+                "indexes": sorted({ch["index"] for c in chunks for ch in c["choices"]}),
+                "usage": sorted(k for c in chunks if c.get("usage") for k in c["usage"])}
+    body = r.json()
+    return {"status": 200, "object": body["object"], "indexes": [c["index"] for c in body["choices"]],
+            "usage": sorted(body["usage"]), "finish": [c["finish_reason"] for c in body["choices"]]}
+
+
+@pytest.mark.parametrize("endpoint,body", CONFORMANCE, ids=[f"{i}-{e}" for i, (e, _) in enumerate(CONFORMANCE)])
+def test_openai_conformance_with_vllm(live, endpoint, body):
+    """The same request to our front end and to a plain vLLM engine: same status, same
+    error shape (type, param, code), same kind of answer."""
+    raw = body if isinstance(body, bytes) else json.dumps({"model": "tiny", **body}).encode()
+
+    def ask(base: str) -> httpx.Response:
+        return httpx.post(f"{base}/v1/{endpoint}", content=raw, headers={"content-type": "application/json"},
+                          timeout=120)
+
+    ours, theirs = _shape(ask(live["url"])), _shape(ask(live["coloc"]))
+    assert ours == theirs
+
+
+def test_a_requests_class_reaches_the_decode_engines_policy(live):
+    """The class a client names in vllm_xargs travels with the request to the decode
+    engine, whose SpecuStream hook passes the batch's class counts to the policy:
+    BatchStep gives class "probe" k = 2 (alone, it would get 4)."""
+    d0, t0 = _draft_counts(live["decode"])
+    _complete(live["url"], PROMPTS[3], max_tokens=60, vllm_xargs={"streamserve_class": "probe"})
+    d1, t1 = _draft_counts(live["decode"])
+    assert d1 - d0 >= 5
+    assert (t1 - t0) / (d1 - d0) == pytest.approx(2.0)
