@@ -157,10 +157,11 @@ async def _run(workload: Workload, prompts: list[str], opts: BenchOptions) -> tu
 
         sampler = asyncio.create_task(sample_k())
         requests = [workload.request(i, 0.0) for i in range(len(workload))]
-        if workload.arrival is not None:
+        arrivals = workload.arrival
+        if arrivals is not None:
             async def timed(i: int) -> None:
                 req = requests[i]
-                req.arrival = float(workload.arrival[i])
+                req.arrival = float(arrivals[i])
                 await asyncio.sleep(max(0.0, req.arrival - (time.monotonic() - t0)))
                 req.arrival = time.monotonic() - t0  # what the client really did
                 await _one(client, opts, model, req, prompts[i], t0)

@@ -21,6 +21,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 from streamserve.gpu.config import EngineEntry, LiveConfig
 
@@ -225,7 +226,7 @@ class Engine:
     proc: subprocess.Popen | None = None
     started_at: float = 0.0
     restarts: int = 0
-    _log: object | None = field(default=None, repr=False)
+    _log: IO[bytes] | None = field(default=None, repr=False)
     _reaped: bool = False
 
     @property
@@ -360,7 +361,7 @@ class EngineSet:
 
     def stop(self) -> None:
         for engine in self.engines:
-            if engine.alive():
+            if engine.proc is not None and engine.alive():
                 _signal_group(engine.proc.pid, signal.SIGTERM)  # all at once, then wait each
         for engine in self.engines:
             engine.stop()

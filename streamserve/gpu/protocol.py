@@ -184,8 +184,8 @@ def budget(body: dict[str, Any], endpoint: str) -> int | None:
 def tokenize_body(body: dict[str, Any], endpoint: str) -> dict[str, Any]:
     """What to ask an engine's ``/tokenize`` to count the prompt's tokens."""
     if endpoint == CHAT:
-        out = {k: body[k] for k in ("model", "messages", "tools", "chat_template", "add_generation_prompt")
-               if k in body}
+        out: dict[str, Any] = {k: body[k] for k in ("model", "messages", "tools", "chat_template",
+                                                    "add_generation_prompt") if k in body}
         out.setdefault("add_generation_prompt", True)
         return out
     return {"model": body["model"], "prompt": body["prompt"]}
@@ -265,7 +265,7 @@ def merge_batch(answers: list[dict[str, Any]]) -> dict[str, Any]:
     """The answers to a batch's prompts as one answer: choices numbered prompt by
     prompt, usage summed."""
     out = dict(answers[0])
-    choices = []
+    choices: list[dict[str, Any]] = []
     for answer in answers:
         for choice in answer["choices"]:
             choices.append({**choice, "index": len(choices)})
