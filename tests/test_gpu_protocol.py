@@ -68,10 +68,12 @@ def test_chunks_become_one_answer_and_a_batch_one_reply():
     one = protocol.assemble("completions", chunks)
     assert one["choices"][0]["text"] == "xy" and one["choices"][0]["finish_reason"] == "length"
     assert one["choices"][0]["logprobs"] == {"tokens": ["x", "y"]} and one["usage"]["total_tokens"] == 5
+    assert one["usage"]["completion_tokens_details"] is None  # as vLLM's non-streamed usage has it
     assert protocol.assemble("completions", []) is None
     both = protocol.merge_batch([one, one])
     assert [c["index"] for c in both["choices"]] == [0, 1]
-    assert both["usage"] == {"prompt_tokens": 4, "completion_tokens": 6, "total_tokens": 10}
+    assert both["usage"] == {"prompt_tokens": 4, "completion_tokens": 6, "total_tokens": 10,
+                             "prompt_tokens_details": None, "completion_tokens_details": None}
     shifted = protocol.client_chunk(chunks[0], include_usage=False, index=3, batch=True)
     assert shifted["choices"][0]["index"] == 3 and chunks[0]["choices"][0]["index"] == 0
     assert protocol.has_choice(chunks[1]) and not protocol.has_choice(chunks[3])  # empty text is still a token

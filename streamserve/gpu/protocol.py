@@ -258,7 +258,15 @@ def assemble(endpoint: str, chunks: list[dict[str, Any]]) -> dict[str, Any] | No
     first = chunks[0]
     return {"id": first.get("id"), "object": "chat.completion" if chat else "text_completion",
             "created": first.get("created"), "model": first.get("model"),
-            "choices": [choices[i] for i in sorted(choices)], "usage": usage}
+            "choices": [choices[i] for i in sorted(choices)], "usage": whole_usage(usage)}
+
+
+def whole_usage(usage: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Usage as a non-streamed vLLM answer has it: the token-detail fields a stream's
+    usage chunk leaves out are there, as null, unless the stream gave them."""
+    if usage is None:
+        return None
+    return {"prompt_tokens_details": None, "completion_tokens_details": None, **usage}
 
 
 def merge_batch(answers: list[dict[str, Any]]) -> dict[str, Any]:
@@ -270,7 +278,7 @@ def merge_batch(answers: list[dict[str, Any]]) -> dict[str, Any]:
         for choice in answer["choices"]:
             choices.append({**choice, "index": len(choices)})
     out["choices"] = choices
-    out["usage"] = add_usage([a.get("usage") for a in answers])
+    out["usage"] = whole_usage(add_usage([a.get("usage") for a in answers]))
     return out
 
 
