@@ -55,7 +55,8 @@ class SpecuStreamScheduler(Scheduler):
         conf = json.loads(raw)
         self.lane_id: int = int(conf["lane_id"])
         self.k_cap: int = int(self.num_spec_tokens)
-        self.policy: SpecPolicy = build_engine_spec_policy(conf, k_max=self.k_cap)
+        # not ``self.policy``: that is vLLM's own scheduling policy (FCFS or priority)
+        self.spec_policy: SpecPolicy = build_engine_spec_policy(conf, k_max=self.k_cap)
         self.max_num_seqs: int = self.scheduler_config.max_num_seqs
         self.trace_path = os.environ.get("STREAMSERVE_K_TRACE") or None
         self.steps_path = os.environ.get("STREAMSERVE_STEP_LOG") or None
@@ -88,7 +89,7 @@ class SpecuStreamScheduler(Scheduler):
 
     def choose_k(self, batch_size: int) -> int:
         now = time.monotonic() - self._t0
-        k = self.policy.depth(self.lane_id, batch_size, self._context_tokens(), now, self._classes())
+        k = self.spec_policy.depth(self.lane_id, batch_size, self._context_tokens(), now, self._classes())
         k = max(0, min(int(k), self.k_cap))
         self._k_now = k
         if k != self._last_logged_k:
@@ -144,7 +145,7 @@ class SpecuStreamScheduler(Scheduler):
             self._log_step({"dt": duration, "tokens": scheduler_output.total_num_scheduled_tokens, "batch": batch,
                             "k": self._k_prev, "context": self._context_tokens(), "drafted": self._drafted,
                             "accepted": self._accepted})
-        self.policy.observe(StepObservation(
+        self.spec_policy.observe(StepObservation(
             lane_id=self.lane_id, k=self._k_prev, batch_size=batch, context_tokens=self._context_tokens(),
             drafted=self._drafted, accepted=self._accepted, step_time=duration, now=end - self._t0,
             by_class={c: (d, a) for c, (d, a) in self._by_class.items()} or None,
