@@ -14,6 +14,7 @@ from streamserve.gpu.config import LiveConfig, parse_live
 from streamserve.gpu.engines import ENV_SPEC_POLICY, engine_specs
 from streamserve.gpu.policyload import build_engine_spec_policy
 from streamserve.gpu.serve import build_frontend
+from streamserve.perfmodel import ProfileError
 from streamserve.policies.flowguard import FlowGuard
 from streamserve.policies.scheduler import FCFSScheduler, StreamScheduler
 from streamserve.policies.specustream import SpecuStream
@@ -69,3 +70,16 @@ def test_defaults_are_the_papers_policies():
     cfg = parse_live({"model": "tiny", "engines": [{"role": "prefill", "port": 9001}, {"role": "decode", "port": 9002}]},
                      "defaults")
     assert (cfg.scheduler.name, cfg.router.name, cfg.spec_policy.name) == ("stream", "flowguard", "specustream")
+
+
+def test_the_drafters_cost_entry_is_named_in_the_config_not_in_code():
+    base = {"model": "tiny", "engines": [{"role": "colocated", "port": 9001}]}
+    ngram = parse_live({**base, "speculation": {"method": "ngram"}}, "t")
+    draft = parse_live({**base, "speculation": {"method": "draft", "draft_model": "/m"}}, "t")
+    named = parse_live({**base, "speculation": {"method": "draft", "draft_model": "/m"},
+                        "perf": {"draft": "small-model"}}, "t")
+    assert (ngram.draft_profile_name, draft.draft_profile_name, named.draft_profile_name) == ("ngram", None,
+                                                                                               "small-model")
+    wrong = parse_live({**base, "speculation": {"method": "draft", "draft_model": "/m"}, "perf": {"draft": "nope"}}, "t")
+    with pytest.raises(ProfileError, match="no draft named 'nope'"):
+        build_frontend(wrong)

@@ -67,6 +67,9 @@ class PerfRef(_Strict):
     profile: str | None = None  # None: the profile shipped with streamserve
     model: str = "opt-13b"
     gpu: str = "A100-80GB"
+    # The profile's ``drafts`` entry that costs the drafter (e.g. "small-model" in the
+    # shipped profile); None: "ngram" for ngram speculation, no drafter cost otherwise.
+    draft: str | None = None
 
 
 class FrontendConfig(_Strict):
@@ -136,8 +139,10 @@ class LiveConfig(_Strict):
 
     @property
     def draft_profile_name(self) -> str | None:
-        """The profile's draft-cost entry matching the speculation method."""
-        return {"none": None, "ngram": "ngram", "draft": "small-model"}[self.speculation.method]
+        """The profile's draft-cost entry for the drafter: ``perf.draft`` when given."""
+        if self.perf.draft is not None or self.speculation.method == "none":
+            return self.perf.draft
+        return "ngram" if self.speculation.method == "ngram" else None
 
     @property
     def model_name(self) -> str:
