@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from streamserve.gpu.lanes import LiveLane
-from streamserve.gpu.telemetry import by_label, parse_metrics
+from streamserve.gpu.lanes import LANE_FAMILIES, LiveLane
+from streamserve.gpu.telemetry import by_label, only, parse_metrics
 from streamserve.lanes import LaneRole
 from streamserve.request import Request, State
 
@@ -58,3 +58,11 @@ def test_lane_stats_from_engine_metrics_and_front_end_in_flight():
     s = lane.stats()
     assert s.num_waiting == 2 + (7 - 5)
     assert (s.tokens_queued, s.context_tokens) == (400, 300)
+
+
+def test_a_scrape_parses_only_the_families_a_lane_reads():
+    noise = "".join(f'# HELP vllm:hist_{i} x\n# TYPE vllm:hist_{i} histogram\nvllm:hist_{i}_bucket{{le="1.0"}} 3.0\n'
+                    for i in range(50))
+    text = only(noise + METRICS, LANE_FAMILIES)
+    assert "hist" not in text and "# TYPE vllm:num_requests_running gauge" in text
+    assert parse_metrics(text) == {k: v for k, v in parse_metrics(METRICS).items() if "prompt_tokens" not in k}

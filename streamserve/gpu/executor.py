@@ -31,9 +31,9 @@ from typing import Any, Awaitable, Callable
 
 from streamserve.gpu import protocol
 from streamserve.gpu.engine_client import EngineClient, LaneBroken
-from streamserve.gpu.lanes import LiveLane
+from streamserve.gpu.lanes import LANE_FAMILIES, LiveLane
 from streamserve.gpu.protocol import APIError, ClientRequest
-from streamserve.gpu.telemetry import FrontMetrics, parse_metrics
+from streamserve.gpu.telemetry import FrontMetrics, only, parse_metrics
 from streamserve.lanes import LaneRole, LaneStats
 from streamserve.policies.base import Action, Fail, Reject, Scheduler, Submit
 from streamserve.request import Phase, Request, State
@@ -161,7 +161,7 @@ class Executor:
             if lane.healthy:
                 await self.lane_failed(lane.lane_id, "its /metrics did not answer")
             return
-        lane.update(parse_metrics(text))
+        lane.update(parse_metrics(only(text, LANE_FAMILIES)))
         if not lane.healthy and await self._answers(lane):
             lane.healthy = True  # an engine that came back (restarted) is used again
             lane.down_reason = ""

@@ -29,6 +29,7 @@ M_EXTERNAL_PROMPT = "vllm:prompt_tokens_by_source_total"  # source="external_kv_
 M_CACHE_INFO = "vllm:cache_config_info"  # an info gauge: the KV cache's size is in its labels
 KV_BLOCKS = M_CACHE_INFO + ":num_gpu_blocks"
 KV_BLOCK_SIZE = M_CACHE_INFO + ":block_size"
+LANE_FAMILIES = (M_WAITING, M_RUNNING, M_KV_USAGE, M_DRAFTS, M_DRAFT_TOKENS, M_ACCEPTED, M_CACHE_INFO)
 SMOOTHING = 0.8  # EWMA weight of the past for acceptance rate
 
 

@@ -19,6 +19,20 @@ KEPT_LABELS = ("source", "position")  # label sets a lane reads apart, e.g. prom
 INFO_LABELS = {"vllm:cache_config_info": ("num_gpu_blocks", "block_size")}  # numbers held in labels
 
 
+def only(text: str, families: Iterable[str]) -> str:
+    """The lines of an exposition that belong to ``families`` (sample lines whose name
+    starts with one, and their ``# HELP``/``# TYPE`` lines). An engine's ``/metrics`` is
+    mostly histograms a lane never reads; parsing all of it in the front end's event
+    loop at every scrape would hold up requests."""
+    prefixes = tuple(families)
+    kept = []
+    for line in text.splitlines():
+        name = line.split(" ", 3)[2] if line.startswith("# ") and line.count(" ") >= 2 else line
+        if name.startswith(prefixes):
+            kept.append(line)
+    return "\n".join(kept) + "\n"
+
+
 def samples(text: str) -> Iterable[tuple[str, dict[str, str], float]]:
     """Every sample of a Prometheus text exposition as (name, labels, value)."""
     for family in text_string_to_metric_families(text):
