@@ -119,7 +119,12 @@ async def _streamed(ex: Executor, client: ClientRequest, tickets: list[Ticket]) 
             await events.put(("error", i, e))
 
     runs = [asyncio.ensure_future(one(i, t)) for i, t in enumerate(tickets)]
-    first = await events.get()
+    try:
+        first = await events.get()
+    except asyncio.CancelledError:  # the client left before the first event
+        for run in runs:
+            run.cancel()
+        raise
     if first[0] == "error":
         for run in runs:
             run.cancel()
