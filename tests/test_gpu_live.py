@@ -196,16 +196,19 @@ def test_draft_model_speculation_follows_the_policys_k(live):
 
 def test_kv_folder_stays_bounded(live, tmp_path):
     """ExampleConnector's folder: each prefill writes one, and the decode engine removes
-    it once the request that loaded it has finished (it grew by one folder a request)."""
+    it once the request that loaded it has finished (it grew by one folder a request).
+    Folders no decode engine loaded (a prefill whose decode was refused) age out after
+    30 s, longer than this test runs."""
     kv = _kv_dir(live)
     before = _external(live)
+    start = len([p for p in kv.iterdir() if p.is_dir()])  # earlier tests' prefills not yet claimed or aged out
     sizes = []
     for i in range(10):
         _complete(live["url"], PROMPTS[i % 4] + f" variant {i} " * 8, max_tokens=4)
         time.sleep(0.2)
         sizes.append(len([p for p in kv.iterdir() if p.is_dir()]))
     assert _external(live) - before >= 10 * 32  # the KV did travel through the folder
-    assert max(sizes) <= 2, sizes  # not one folder per request
+    assert max(sizes) <= start + 2, (start, sizes)  # not one more folder per request
 
 
 def _kv_dir(live):
