@@ -100,6 +100,7 @@ def main() -> None:
     ap.add_argument("--compare-bench", action="store_true", help="also run vllm bench serve and streamserve bench")
     args = ap.parse_args()
     bench: dict[str, dict[str, float]] = {}
+    load_before = os.getloadavg()[0]
     tmp = Path(tempfile.mkdtemp(prefix="ss-overhead-"))
     engine_port, front_port = free_port(), free_port()
     cfg = {"name": "overhead", "model": "tiny", "device": "cpu", "dtype": "float32", "block_size": 32,
@@ -150,6 +151,7 @@ def main() -> None:
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}, no GPU; "
                    "shared with other jobs (noisy)",
         "date": time.strftime("%Y-%m-%d"),
+        "load_average_1min": {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)},
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
