@@ -309,11 +309,12 @@ def _versions() -> tuple[bool, str, Any]:
 def gpu_run(report: Report, args: argparse.Namespace, out: Path) -> None:
     import httpx
 
-    from streamserve.gpu.engines import Engine, EngineError, EngineSet
-    from streamserve.gpu.frontend import ServerThread, create_app
-    from streamserve.gpu.lanes import M_DRAFT_TOKENS, M_DRAFTS, M_EXTERNAL_PROMPT, parse_prometheus
+    from streamserve.gpu.engines import Engine, EngineError
+    from streamserve.gpu.app import ServerThread
+    from streamserve.gpu.lanes import M_DRAFT_TOKENS, M_DRAFTS, M_EXTERNAL_PROMPT
+    from streamserve.gpu.telemetry import parse_metrics
     from streamserve.gpu.models import prepare
-    from streamserve.gpu.serve import build_frontend
+    from streamserve.gpu.serve import build_app, build_frontend
 
     if not report.check("versions+hook", _versions):
         return
@@ -349,16 +350,14 @@ def gpu_run(report: Report, args: argparse.Namespace, out: Path) -> None:
     prefill, decode, colocated = engines
     server = None
     try:
-        pair = EngineSet([])
-        pair.engines = [prefill, decode]
-        fe = build_frontend(disagg, pair)
-        server = ServerThread(create_app(fe), "127.0.0.1", args.port)
+        fe = build_frontend(disagg, out / "logs")
+        server = ServerThread(build_app(disagg, fe), "127.0.0.1", args.port)
         server.start()
         url = f"http://127.0.0.1:{args.port}"
         client = httpx.Client(timeout=300)
 
         def metrics(engine: Engine) -> dict[str, float]:
-            return parse_prometheus(client.get(engine.url + "/metrics").text)
+            return parse_metrics(client.get(engine.url + "/metrics").text)
 
         def complete(base: str, **kw: Any) -> dict[str, Any]:
             body = {"model": disagg.model_name, "prompt": PROMPT, "max_tokens": 32, "temperature": 0, **kw}

@@ -11,7 +11,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from streamserve.gpu.frontend import ServerThread
+from streamserve.gpu.app import ServerThread
 
 
 def free_port() -> int:
@@ -66,6 +66,14 @@ class FakeEngine:
         async def complete(request: Request, chat: bool) -> Response:
             body = await request.json()
             self.received.append(body)
+            temperature = body.get("temperature")
+            if temperature is not None and not isinstance(temperature, (int, float)):  # as vLLM's schema says
+                return JSONResponse({"error": {"message": "temperature: not a number", "type": "Bad Request",
+                                               "param": "body.temperature", "code": 400}}, status_code=400)
+            if body.get("min_tokens", 0) > (body.get("max_tokens") or 16):
+                return JSONResponse({"error": {"message": "min_tokens must be less than or equal to max_tokens",
+                                               "type": "BadRequestError", "param": "min_tokens", "code": 400}},
+                                    status_code=400)
             self.drafted += 10
             n = int(body.get("max_tokens") or body.get("max_completion_tokens") or 16)
             words = [f"{self.name}{i}" for i in range(n)]

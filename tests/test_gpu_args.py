@@ -59,6 +59,8 @@ def test_prefill_produces_decode_consumes_and_recomputes_failed_loads(device, co
     prefill, decode = engine_specs(parse_live(data, "x.yaml"), base_env={})
     kp = _json_arg(prefill.argv, "--kv-transfer-config")
     kd = _json_arg(decode.argv, "--kv-transfer-config")
+    if connector == "ExampleConnector":  # ours, with a bounded folder (gpu/kvstore.py)
+        connector = "BoundedExampleConnector"
     assert (kp["kv_connector"], kp["kv_role"]) == (connector, "kv_producer")
     assert (kd["kv_connector"], kd["kv_role"]) == (connector, "kv_consumer")
     assert "kv_load_failure_policy" not in kp and kd["kv_load_failure_policy"] == "recompute"

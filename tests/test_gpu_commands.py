@@ -10,7 +10,8 @@ from click.testing import CliRunner
 
 from fake_engine import FakeEngine, free_port
 from streamserve.gpu.commands import add_commands
-from streamserve.gpu.frontend import FrontEnd, ServerThread, create_app
+from streamserve.gpu.app import ServerThread, create_app
+from streamserve.gpu.executor import Executor
 from streamserve.gpu.lanes import LiveLane
 from streamserve.lanes import LaneRole
 from streamserve.policies.registry import build_router, build_scheduler
@@ -29,9 +30,9 @@ def endpoint():
     p, d = FakeEngine("p").start(), FakeEngine("d").start()
     lanes = [LiveLane(0, LaneRole.PREFILL, p.url, 8), LiveLane(1, LaneRole.DECODE, d.url, 8)]
     router = build_router({"name": "round_robin"}, {})
-    fe = FrontEnd(lanes, "m", 4096, router, build_scheduler({"name": "fcfs"}, router, {}), metrics_interval=0.1)
+    fe = Executor(lanes, build_scheduler({"name": "fcfs"}, router, {}), metrics_interval=0.1)
     port = free_port()
-    server = ServerThread(create_app(fe), "127.0.0.1", port)
+    server = ServerThread(create_app(fe, "m", 4096), "127.0.0.1", port)
     server.start()
     yield f"http://127.0.0.1:{port}"
     server.stop()

@@ -18,11 +18,9 @@ from streamserve.config import ConfigError
 from streamserve.gpu.config import load_live, parse_live
 from streamserve.gpu.engine_args import SPEC_SCHEDULER_CLS, EngineSpec, engine_specs, repo_root
 from streamserve.gpu.engines import Engine, EngineError, EngineSet, check_model
-from streamserve.gpu.lanes import LiveLane, parse_prometheus
 from streamserve.gpu.policyload import build_engine_spec_policy
 from streamserve.gpu.serve import build_lanes
 from streamserve.lanes import LaneRole
-from streamserve.request import Request, State
 
 
 def _shipped(name: str) -> Path:
@@ -73,7 +71,8 @@ def test_cpu_example_uses_example_connector_and_no_gpu_settings(tmp_path):
     specs = engine_specs(cfg, base_env={}, log_dir=tmp_path)
     for s in specs:
         kv = json.loads(_argv_value(s.argv, "--kv-transfer-config"))
-        assert kv["kv_connector"] == "ExampleConnector"
+        assert (kv["kv_connector"], kv["kv_connector_module_path"]) == ("BoundedExampleConnector",
+                                                                        "streamserve.gpu.kvstore")
         assert kv["kv_connector_extra_config"] == {"shared_storage_path": "/tmp/streamserve-kv"}
         assert "CUDA_VISIBLE_DEVICES" not in s.env and "--tensor-parallel-size" not in s.argv
         assert s.env["VLLM_CPU_KVCACHE_SPACE"] == "1" and s.env["OMP_NUM_THREADS"] == "1"
@@ -87,11 +86,11 @@ def test_cpu_example_uses_example_connector_and_no_gpu_settings(tmp_path):
         str(tmp_path / "steps-lane1.jsonl")
 
 
-def test_gpu_data_parallel_example_is_four_plain_engines():
+def test_gpu_data_parallel_example_is_four_colocated_engines():
     specs = engine_specs(load_live(_shipped("live-gpu-dp.yaml")), base_env={})
     assert [s.env["CUDA_VISIBLE_DEVICES"] for s in specs] == ["0", "1", "2", "3"]
-    for s in specs:
-        assert "--kv-transfer-config" not in s.argv and "--speculative-config" not in s.argv
+    for s in specs:  # no KV transfer; SpecuStream drives ngram speculation in each
+        assert "--kv-transfer-config" not in s.argv and "--speculative-config" in s.argv
         assert "VLLM_NIXL_SIDE_CHANNEL_PORT" not in s.env
 
 
@@ -203,46 +202,6 @@ def test_stop_leaves_no_orphans(tmp_path):
         time.sleep(0.05)
     else:
         pytest.fail("the engine's child process outlived stop()")
-
-
-METRICS = """# HELP vllm:num_requests_running Number of requests in model execution batches.
-# TYPE vllm:num_requests_running gauge
-vllm:num_requests_running{engine="0",model_name="tiny"} 3.0
-vllm:num_requests_waiting{engine="0",model_name="tiny"} 2.0
-vllm:kv_cache_usage_perc{engine="0",model_name="tiny"} 0.5
-vllm:cache_config_info{block_size="32",cache_dtype="auto",enable_prefix_caching="True",engine="0",kv_cache_dtype_skip_layers="['a', 'b=c']",num_cpu_blocks="None",num_gpu_blocks="2048"} 1.0
-vllm:spec_decode_num_drafts_total{engine="0",model_name="tiny"} 10.0
-vllm:spec_decode_num_draft_tokens_total{engine="0",model_name="tiny"} 40.0
-vllm:spec_decode_num_accepted_tokens_total{engine="0",model_name="tiny"} 20.0
-vllm:prompt_tokens_by_source_total{engine="0",model_name="tiny",source="external_kv_transfer"} 64.0
-vllm:prompt_tokens_by_source_total{engine="0",model_name="tiny",source="local_compute"} 11.0
-"""
-
-
-def test_lane_stats_from_engine_metrics_and_front_end_in_flight(tmp_path):
-    lane = LiveLane(lane_id=1, role=LaneRole.DECODE, url="http://x", max_num_seqs=8, k_trace_path=tmp_path / "k.jsonl")
-    m = parse_prometheus(METRICS)
-    assert m['vllm:prompt_tokens_by_source_total{source="external_kv_transfer"}'] == 64.0
-    lane.update(m)
-    s = lane.stats()
-    assert (s.num_running, s.num_waiting, s.kv_usage, s.acceptance_rate) == (3, 2, 0.5, 0.5)
-    assert s.kv_free_tokens == 2048 * 32 // 2  # the cache's size comes from cache_config_info's labels
-    assert LiveLane(lane_id=2, role=LaneRole.DECODE, url="http://x", max_num_seqs=8).stats().kv_free_tokens is None
-    lane.update(parse_prometheus(METRICS.replace("40.0", "60.0").replace("20.0", "35.0")))
-    assert lane.stats().acceptance_rate == pytest.approx(0.8 * 0.5 + 0.2 * (15 / 20))  # smoothed
-    for rid in range(7):  # sent by the front end, not yet seen by the engine's scrape
-        lane.in_flight[rid] = Request(id=rid, arrival=0.0, prompt_len=100, output_len=10,
-                                      state=State.TRANSFER if rid < 4 else State.DECODE)
-    s = lane.stats()
-    assert s.num_waiting == 2 + (7 - 5)
-    assert (s.tokens_queued, s.context_tokens) == (400, 300)
-    (tmp_path / "k.jsonl").write_text('{"t": 1.0, "k": 4, "batch": 1}\n{"t": 2.0, "k": 1, "batch": 3}\n{"t": 3')
-    lane.read_k_trace()
-    assert lane.spec_k == 1 and lane.k_changes == [(1.0, 4), (2.0, 1)]
-    with open(tmp_path / "k.jsonl", "a") as f:
-        f.write('.0, "k": 2, "batch": 1}\n')
-    lane.read_k_trace()
-    assert lane.spec_k == 2 and len(lane.k_changes) == 3
 
 
 def test_engine_spec_policy_is_built_from_the_registry_or_an_import_path():

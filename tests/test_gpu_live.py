@@ -18,11 +18,13 @@ pytest.importorskip("vllm", reason="needs vLLM's CPU build (scripts/install-vllm
 
 from fake_engine import free_port  # noqa: E402
 from streamserve.gpu.config import parse_live  # noqa: E402
-from streamserve.gpu.engines import EngineSet, engine_specs  # noqa: E402
-from streamserve.gpu.frontend import ServerThread, create_app  # noqa: E402
-from streamserve.gpu.lanes import M_ACCEPTED, M_DRAFT_TOKENS, M_DRAFTS, M_EXTERNAL_PROMPT, parse_prometheus  # noqa: E402
+from streamserve.gpu.engine_args import engine_specs  # noqa: E402
+from streamserve.gpu.engines import EngineSet  # noqa: E402
+from streamserve.gpu.app import ServerThread  # noqa: E402
+from streamserve.gpu.lanes import M_ACCEPTED, M_DRAFT_TOKENS, M_DRAFTS, M_EXTERNAL_PROMPT  # noqa: E402
+from streamserve.gpu.telemetry import parse_metrics  # noqa: E402
 from streamserve.gpu.models import model_dir, prepare  # noqa: E402
-from streamserve.gpu.serve import build_frontend  # noqa: E402
+from streamserve.gpu.serve import build_app, build_frontend  # noqa: E402
 
 EXTERNAL = M_EXTERNAL_PROMPT + '{source="external_kv_transfer"}'
 PROMPTS = [
@@ -43,7 +45,8 @@ def _cfg(kind: str, ports: list[int], kv_path: str, log_dir: str) -> dict:
     if kind == "disagg":
         base.update(engines=[{"role": "prefill", "port": ports[0]}, {"role": "decode", "port": ports[1]}],
                     speculation={"method": "ngram", "k_max": 4, "prompt_lookup_min": 2, "prompt_lookup_max": 4},
-                    spec_policy={"name": "tests.gpu_policies:BatchStep", "k_single": 4, "k_batched": 1},
+                    spec_policy={"name": "tests.gpu_policies:BatchStep", "k_single": 4, "k_batched": 1,
+                                 "k_class": {"probe": 2}},
                     profile_steps=True,
                     # the paper's scheduler and router, which read the engines' KV figures
                     scheduler={"name": "stream"}, router={"name": "flowguard"})
@@ -64,15 +67,13 @@ def live(tmp_path_factory):
     engines.start(timeout=600)
     server = None
     try:
-        mine = EngineSet([])
-        mine.engines = engines.engines[:2]  # the front end watches the engines of its own lanes
-        fe = build_frontend(disagg, mine)
+        fe = build_frontend(disagg)
         port = free_port()
-        server = ServerThread(create_app(fe), "127.0.0.1", port)
+        server = ServerThread(build_app(disagg, fe), "127.0.0.1", port)
         server.start()
         yield {"url": f"http://127.0.0.1:{port}", "fe": fe, "prefill": engines.engines[0].url,
                "decode": engines.engines[1].url, "coloc": engines.engines[2].url, "engines": engines,
-               "k_trace": engines.engines[1].spec.k_trace_path}
+               "k_trace": engines.engines[1].spec.k_trace_path, "kv": tmp / "kv"}
     finally:
         if server is not None:
             server.stop()
@@ -81,7 +82,7 @@ def live(tmp_path_factory):
 
 
 def _metrics(url: str) -> dict[str, float]:
-    return parse_prometheus(httpx.get(url + "/metrics", timeout=10).text)
+    return parse_metrics(httpx.get(url + "/metrics", timeout=10).text)
 
 
 def _complete(url: str, prompt: str, **kw) -> dict:
@@ -127,7 +128,7 @@ def test_front_end_metrics_answer(live):
     _complete(live["url"], PROMPTS[2], stream=False)
     time.sleep(0.5)
     text = httpx.get(live["url"] + "/metrics", timeout=10).text
-    m = parse_prometheus(text)
+    m = parse_metrics(text)
     assert m["streamserve_lane_requests_total"] >= 2
     assert 'streamserve_lane_healthy{lane="1",role="decode"} 1.0' in text
     assert "streamserve_spec_k" in m and "streamserve_ttft_seconds_bucket" in m
@@ -150,6 +151,8 @@ def test_decode_engine_counters_follow_the_policys_k(live):
     d1, t1 = _draft_counts(live["decode"])
     assert d1 - d0 >= 5
     assert (t1 - t0) / (d1 - d0) > 3.5  # alone: k = 4
+    time.sleep(0.5)  # a scrape: the front end reads k from the same counters
+    assert live["fe"].lanes[1].spec_k == 4
 
     def call(i: int) -> None:
         _complete(live["url"], PROMPTS[i % 4] + f" {i}", max_tokens=200)
@@ -166,7 +169,6 @@ def test_decode_engine_counters_follow_the_policys_k(live):
     changes = [json.loads(line) for line in live["k_trace"].read_text().splitlines()]
     assert {1, 4} <= {c["k"] for c in changes}
     assert all(c["k"] == (4 if c["batch"] <= 1 else 1) for c in changes)  # the policy's rule, step by step
-    assert live["fe"].lanes[1].spec_k in (1, 4)
     steps = [json.loads(line) for line in live["k_trace"].with_name("steps-lane1.jsonl").read_text().splitlines()]
     assert sum(1 for s in steps if s["k"] == 1 and s["drafted"] > 0) >= 5
     assert all(s["drafted"] <= s["k"] * s["batch"] for s in steps)  # no draft longer than the k asked for
@@ -191,3 +193,103 @@ def test_draft_model_speculation_follows_the_policys_k(live):
     assert d1 - d0 >= 5
     assert (t1 - t0) / (d1 - d0) == pytest.approx(2.0)  # the fixed policy's k = 2, under k_max = 3
     assert _metrics(live["coloc"])[M_ACCEPTED] - accepted0 > 0  # the draft is the model itself
+
+
+def test_kv_folder_stays_bounded(live, tmp_path):
+    """ExampleConnector's folder: each prefill writes one, and the decode engine removes
+    it once the request that loaded it has finished (it grew by one folder a request).
+    Folders no decode engine loaded (a prefill whose decode was refused) age out after
+    30 s, longer than this test runs."""
+    kv = _kv_dir(live)
+    before = _external(live)
+    start = len([p for p in kv.iterdir() if p.is_dir()])  # earlier tests' prefills not yet claimed or aged out
+    sizes = []
+    for i in range(10):
+        _complete(live["url"], PROMPTS[i % 4] + f" variant {i} " * 8, max_tokens=4)
+        time.sleep(0.2)
+        sizes.append(len([p for p in kv.iterdir() if p.is_dir()]))
+    assert _external(live) - before >= 10 * 32  # the KV did travel through the folder
+    assert max(sizes) <= start + 2, (start, sizes)  # not one more folder per request
+
+
+def _kv_dir(live):
+    from pathlib import Path
+
+    return Path(live["kv"])
+
+
+def _external(live) -> float:
+    return _metrics(live["decode"]).get(EXTERNAL, 0.0)
+
+
+CHAT_MSG = [{"role": "user", "content": "Say something about schedulers."}]
+CONFORMANCE = [  # (endpoint, body): the same request to our front end and to a plain vLLM engine
+    ("completions", {"prompt": "The scheduler", "max_tokens": 5}),
+    ("completions", {"prompt": "The scheduler", "max_tokens": 5, "stream": True}),
+    ("chat/completions", {"messages": CHAT_MSG, "max_tokens": 5}),
+    ("chat/completions", {"messages": CHAT_MSG, "max_tokens": 5, "stream": True,
+                          "stream_options": {"include_usage": True}}),
+    ("completions", {"prompt": "a b", "max_tokens": 4, "temperature": "hot"}),
+    ("completions", {"prompt": "a b", "max_tokens": 4, "temperature": "hot", "stream": True}),
+    ("chat/completions", {"messages": CHAT_MSG, "max_tokens": 4, "temperature": "hot", "stream": True}),
+    ("completions", {"prompt": "a b", "max_tokens": 8, "min_tokens": 5}),
+    ("completions", {"prompt": "a b", "max_tokens": 8, "min_tokens": 5, "stream": True}),
+    ("completions", {"prompt": "a b", "max_tokens": 4.0}),
+    ("completions", {"prompt": "a b", "max_tokens": 4.5}),
+    ("completions", {"prompt": "a b", "max_tokens": 0}),
+    ("completions", {"prompt": "a b", "max_tokens": 3, "stream": "yes"}),
+    ("completions", {"prompt": ["a b", "c d e"], "max_tokens": 3}),
+    ("completions", {"prompt": ["a b", "c d e"], "max_tokens": 3, "stream": True,
+                     "stream_options": {"include_usage": True}}),
+    ("completions", {"max_tokens": 3}),
+    ("completions", {"prompt": 5, "max_tokens": 3}),
+    ("chat/completions", {"max_tokens": 3}),
+    ("chat/completions", {"messages": "hi", "max_tokens": 3}),
+    ("chat/completions", {"messages": "hi", "max_tokens": 3, "stream": True}),
+    ("completions", {"prompt": "a b", "max_tokens": 3, "model": "other"}),
+    ("completions", {"prompt": "token " * 1100, "max_tokens": 3}),
+    ("completions", {"prompt": "token " * 1100, "max_tokens": 3, "stream": True}),
+    ("completions", {"prompt": "a b", "max_tokens": 3, "logprobs": 2, "echo": False}),
+    ("completions", b"{oops"),
+]
+
+
+def _shape(r: httpx.Response) -> dict:
+    """What must agree: the status, and an error's type, param and code, or an answer's
+    kind, choice indexes and usage fields, or a stream's events."""
+    if r.status_code != 200:
+        return {"status": r.status_code, **{k: v for k, v in r.json()["error"].items() if k != "message"}}
+    if r.headers["content-type"].startswith("text/event-stream"):
+        events = [e for e in r.text.split("\n\n") if e]
+        chunks = [json.loads(e[6:]) for e in events[:-1]]
+        return {"status": 200, "last": events[-1], "objects": sorted({c["object"] for c in chunks}),
+                "indexes": sorted({ch["index"] for c in chunks for ch in c["choices"]}),
+                "usage": sorted(k for c in chunks if c.get("usage") for k in c["usage"])}
+    body = r.json()
+    return {"status": 200, "object": body["object"], "indexes": [c["index"] for c in body["choices"]],
+            "usage": sorted(body["usage"]), "finish": [c["finish_reason"] for c in body["choices"]]}
+
+
+@pytest.mark.parametrize("endpoint,body", CONFORMANCE, ids=[f"{i}-{e}" for i, (e, _) in enumerate(CONFORMANCE)])
+def test_openai_conformance_with_vllm(live, endpoint, body):
+    """The same request to our front end and to a plain vLLM engine: same status, same
+    error shape (type, param, code), same kind of answer."""
+    raw = body if isinstance(body, bytes) else json.dumps({"model": "tiny", **body}).encode()
+
+    def ask(base: str) -> httpx.Response:
+        return httpx.post(f"{base}/v1/{endpoint}", content=raw, headers={"content-type": "application/json"},
+                          timeout=120)
+
+    ours, theirs = _shape(ask(live["url"])), _shape(ask(live["coloc"]))
+    assert ours == theirs
+
+
+def test_a_requests_class_reaches_the_decode_engines_policy(live):
+    """The class a client names in vllm_xargs travels with the request to the decode
+    engine, whose SpecuStream hook passes the batch's class counts to the policy:
+    BatchStep gives class "probe" k = 2 (alone, it would get 4)."""
+    d0, t0 = _draft_counts(live["decode"])
+    _complete(live["url"], PROMPTS[3], max_tokens=60, vllm_xargs={"streamserve_class": "probe"})
+    d1, t1 = _draft_counts(live["decode"])
+    assert d1 - d0 >= 5
+    assert (t1 - t0) / (d1 - d0) == pytest.approx(2.0)

@@ -11,7 +11,8 @@ pytest.importorskip("vllm", reason="needs vLLM's CPU build (scripts/install-vllm
 from fake_engine import free_port  # noqa: E402
 from streamserve.gpu.config import parse_live  # noqa: E402
 from streamserve.gpu.engines import EngineSet  # noqa: E402
-from streamserve.gpu.lanes import M_ACCEPTED, M_DRAFT_TOKENS, parse_prometheus  # noqa: E402
+from streamserve.gpu.lanes import M_ACCEPTED, M_DRAFT_TOKENS  # noqa: E402
+from streamserve.gpu.telemetry import parse_metrics  # noqa: E402
 from streamserve.gpu.models import ModelError, prepare  # noqa: E402
 from streamserve.gpu.prompts import prompt_text  # noqa: E402
 
@@ -48,12 +49,12 @@ def test_smollm2_answers_sensibly(engine):
 def test_ngram_drafts_are_accepted_on_a_code_rewrite(engine):
     import numpy as np
 
-    before = parse_prometheus(httpx.get(engine + "/metrics").text)
+    before = parse_metrics(httpx.get(engine + "/metrics").text)
     prompt = prompt_text("humaneval", 200, np.random.default_rng(3))
     r = httpx.post(engine + "/v1/chat/completions", timeout=300, json={
         "model": "smollm2", "temperature": 0, "max_tokens": 96, "messages": [{"role": "user", "content": prompt}]})
     assert r.status_code == 200, r.text
-    after = parse_prometheus(httpx.get(engine + "/metrics").text)
+    after = parse_metrics(httpx.get(engine + "/metrics").text)
     drafted = after[M_DRAFT_TOKENS] - before.get(M_DRAFT_TOKENS, 0.0)
     accepted = after[M_ACCEPTED] - before.get(M_ACCEPTED, 0.0)
     assert drafted > 0 and 0 < accepted <= drafted

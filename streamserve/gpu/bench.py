@@ -1,8 +1,9 @@
 """`streamserve bench`: replay a workload against any OpenAI-compatible endpoint.
 
-It measures as a client does (TTFT, ITL, TPOT and end-to-end latency from streamed
-chunks) and writes the same ``summary.json``/``requests.csv`` as ``simulate``, so a
-simulated run, a run on our front end and a run on a plain vLLM server compare field
+It measures as a client does, with ``vllm bench serve``'s definitions: TTFT is the
+first chunk that carries a choice, each later such chunk adds one ITL sample, the last
+ends the request, and TPOT is (end - TTFT) / (output tokens - 1). It writes the same
+``summary.json``/``requests.csv`` as ``simulate``, so a simulated run, a run on our front end and a run on a plain vLLM server compare field
 by field. Around the run it reads the endpoint's ``/metrics`` for speculation
 counters (ours: per lane; plain vLLM: its own) and, on our front end, samples the
 speculation depth k every ``k_sample_s`` to record how SpecuStream moved it.
@@ -21,7 +22,9 @@ from typing import Any
 import httpx
 import numpy as np
 
-from streamserve.gpu.lanes import M_ACCEPTED, M_DRAFT_TOKENS, parse_prometheus
+from streamserve.gpu.lanes import M_ACCEPTED, M_DRAFT_TOKENS
+from streamserve.gpu.protocol import CLASS_KEY
+from streamserve.gpu.telemetry import by_label, parse_metrics
 from streamserve.metrics import LaneUsage, LogHistogram, RunResult
 from streamserve.request import Request, State
 from streamserve.workload.base import Workload
@@ -39,41 +42,20 @@ class BenchOptions:
     seed: int = 0
 
 
+LANE_SERIES = ("streamserve_lane_spec_draft_tokens", "streamserve_lane_spec_accepted_tokens", "streamserve_spec_k")
+
+
 class SpecScrape:
     """Speculation counters of the endpoint, per lane where it is our front end."""
 
-    def __init__(self, metrics: dict[str, float], text: str) -> None:
-        self.lanes: dict[int, tuple[float, float]] = {}
-        self.k: dict[int, int] = {}
-        for line in text.splitlines():
-            if line.startswith("#") or "{" not in line:
-                continue
-            name, _, rest = line.partition("{")
-            labels, _, value = rest.rpartition("} ")
-            lane = _label(labels, "lane")
-            if lane is None:
-                continue
-            v = float(value)
-            drafted, accepted = self.lanes.get(lane, (0.0, 0.0))
-            if name == "streamserve_lane_spec_draft_tokens":
-                self.lanes[lane] = (v, accepted)
-            elif name == "streamserve_lane_spec_accepted_tokens":
-                self.lanes[lane] = (drafted, v)
-            elif name == "streamserve_spec_k":
-                self.k[lane] = int(v)
+    def __init__(self, text: str) -> None:
+        series = by_label(text, LANE_SERIES, "lane")
+        drafted, accepted, k = (series[name] for name in LANE_SERIES)
+        self.lanes: dict[int, tuple[float, float]] = {lane: (v, accepted.get(lane, 0.0)) for lane, v in drafted.items()}
+        self.k: dict[int, int] = {lane: int(v) for lane, v in k.items()}
+        metrics = parse_metrics(text)
         if not self.lanes and M_DRAFT_TOKENS in metrics:  # a plain vLLM server: one lane
             self.lanes[0] = (metrics[M_DRAFT_TOKENS], metrics.get(M_ACCEPTED, 0.0))
-
-
-def _label(labels: str, key: str) -> int | None:
-    for part in labels.split(","):
-        k, _, v = part.partition("=")
-        if k.strip() == key:
-            try:
-                return int(v.strip().strip('"'))
-            except ValueError:
-                return None
-    return None
 
 
 async def _scrape(client: httpx.AsyncClient, base: str) -> SpecScrape | None:
@@ -83,7 +65,7 @@ async def _scrape(client: httpx.AsyncClient, base: str) -> SpecScrape | None:
             return None
     except httpx.HTTPError:
         return None
-    return SpecScrape(parse_prometheus(r.text), r.text)
+    return SpecScrape(r.text)
 
 
 async def _model(client: httpx.AsyncClient, base: str) -> str:
@@ -100,11 +82,13 @@ async def _one(client: httpx.AsyncClient, opts: BenchOptions, model: str, req: R
     else:
         url = opts.endpoint + "/v1/completions"
         body = {"prompt": prompt, "max_tokens": req.output_len}
-    body.update(model=model, stream=True, stream_options={"include_usage": True}, temperature=opts.temperature)
+    body.update(model=model, stream=True, stream_options={"include_usage": True}, temperature=opts.temperature,
+                vllm_xargs={CLASS_KEY: req.dataset})  # the class travels to the decode engine's SpecuStream
     if opts.ignore_eos:
         body["ignore_eos"] = True
     req.prefill_start = time.monotonic() - t0
     last = math.nan
+    itl: list[float] = []
     try:
         async with client.stream("POST", url, json=body) as r:
             if r.status_code != 200:
@@ -126,24 +110,26 @@ async def _one(client: httpx.AsyncClient, opts: BenchOptions, model: str, req: R
                 if usage:
                     req.generated = int(usage.get("completion_tokens") or req.generated)
                     req.prompt_len = int(usage.get("prompt_tokens") or req.prompt_len)
-                choices = chunk.get("choices") or []
-                if any(c.get("text") or (c.get("delta") or {}).get("content") for c in choices):
+                # As `vllm bench serve` counts: every chunk with a choice is a token event,
+                # even when its text is empty (a special token, or the role of a chat reply);
+                # the first gives TTFT, each next one an ITL, and the last one ends the request.
+                if chunk.get("choices"):
                     now = time.monotonic() - t0
                     if math.isnan(req.first_token):
                         req.first_token = now
                     else:
-                        if req.extra is None:
-                            req.extra = {"itl": []}
-                        req.extra["itl"].append(now - last)
+                        itl.append(now - last)
                     last = now
     except httpx.HTTPError as e:
         req.state, req.reason = State.FAILED, f"{type(e).__name__}: {e}"[:300]
         return
-    req.finish = time.monotonic() - t0
     if math.isnan(req.first_token):
-        req.state, req.reason = State.FAILED, "no token came back"
-    else:
-        req.state = State.FINISHED
+        req.state, req.reason, req.finish = State.FAILED, "no token came back", time.monotonic() - t0
+        return
+    req.finish = last
+    req.state = State.FINISHED
+    if itl:
+        req.extra = {"itl": itl}
 
 
 async def _run(workload: Workload, prompts: list[str], opts: BenchOptions) -> tuple[RunResult, dict[str, Any]]:
@@ -171,10 +157,11 @@ async def _run(workload: Workload, prompts: list[str], opts: BenchOptions) -> tu
 
         sampler = asyncio.create_task(sample_k())
         requests = [workload.request(i, 0.0) for i in range(len(workload))]
-        if workload.arrival is not None:
+        arrivals = workload.arrival
+        if arrivals is not None:
             async def timed(i: int) -> None:
                 req = requests[i]
-                req.arrival = float(workload.arrival[i])
+                req.arrival = float(arrivals[i])
                 await asyncio.sleep(max(0.0, req.arrival - (time.monotonic() - t0)))
                 req.arrival = time.monotonic() - t0  # what the client really did
                 await _one(client, opts, model, req, prompts[i], t0)

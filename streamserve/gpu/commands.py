@@ -26,7 +26,8 @@ def _fail(message: str) -> None:
               help="Live config (YAML/TOML): engines, connector, speculation, policies.")
 @click.option("--log-dir", type=click.Path(file_okay=False), default=None,
               help="Where engine logs and k traces go (default: the config's log_dir).")
-def serve_cmd(config_path: str, log_dir: str | None) -> None:
+@click.option("--restart", is_flag=True, help="Start an engine that died again (its lane is used once it answers).")
+def serve_cmd(config_path: str, log_dir: str | None, restart: bool) -> None:
     """Start the vLLM engines and the OpenAI-compatible front end of a live config."""
     from streamserve.gpu.config import load_live
     from streamserve.gpu.engines import EngineError
@@ -36,7 +37,7 @@ def serve_cmd(config_path: str, log_dir: str | None) -> None:
 
     try:
         cfg = load_live(config_path)
-        serve(cfg, Path(log_dir) if log_dir else None, echo=click.echo)
+        serve(cfg, Path(log_dir) if log_dir else None, echo=click.echo, restart=restart)
     except (ConfigError, EngineError, PolicyError, ProfileError) as e:
         _fail(str(e))
 

@@ -81,6 +81,9 @@ class PerfRef(_Strict):
     profile: str | None = None  # None: the profile shipped with streamserve
     model: str = "opt-13b"
     gpu: str = "A100-80GB"
+    # The profile's ``drafts`` entry that costs the drafter (e.g. "small-model" in the
+    # shipped profile); None: "ngram" for ngram speculation, no drafter cost otherwise.
+    draft: str | None = None
 
 
 class FrontendConfig(_Strict):
@@ -110,9 +113,11 @@ class LiveConfig(_Strict):
     kv: KVConfig = KVConfig()
     speculation: LiveSpeculation = LiveSpeculation()
     frontend: FrontendConfig = FrontendConfig()
-    scheduler: PolicyConfig = PolicyConfig(name="fcfs")
-    router: PolicyConfig = PolicyConfig(name="round_robin")
-    spec_policy: PolicyConfig = PolicyConfig(name="fixed", k=4)
+    # StreamServe's policies by default; the baselines are {name: fcfs}, {name: round_robin}
+    # and {name: fixed, k: 4}.
+    scheduler: PolicyConfig = PolicyConfig(name="stream")
+    router: PolicyConfig = PolicyConfig(name="flowguard")
+    spec_policy: PolicyConfig = PolicyConfig(name="specustream")
     perf: PerfRef = PerfRef()
     profile_steps: bool = False  # log every speculative step (tokens, duration) to fit `perf`
     log_dir: str = "streamserve-logs"
@@ -237,10 +242,11 @@ class LiveConfig(_Strict):
 
     @property
     def draft_profile_name(self) -> str | None:
-        """The profile's draft-cost entry matching the speculation method (every drafter
-        that is a model, EAGLE heads included, is costed as a small model)."""
-        method = self.speculation.method
-        return None if method == "none" else "ngram" if method == "ngram" else "small-model"
+        """The profile's draft-cost entry for the drafter: ``perf.draft`` when given (a
+        model drafter's cost depends on which model it is, so the config names it)."""
+        if self.perf.draft is not None or self.speculation.method == "none":
+            return self.perf.draft
+        return "ngram" if self.speculation.method == "ngram" else None
 
     @property
     def model_name(self) -> str:

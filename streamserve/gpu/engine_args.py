@@ -51,6 +51,8 @@ def repo_root() -> Path:
     vLLM can import our scheduler class."""
     return Path(__file__).resolve().parents[2]
 
+BOUNDED_EXAMPLE_CONNECTOR = ("BoundedExampleConnector", "streamserve.gpu.kvstore")  # class, module
+
 
 def kv_transfer_config(entry: EngineEntry, cfg: LiveConfig) -> dict[str, object] | None:
     """vLLM's ``--kv-transfer-config`` for one engine (None: a colocated engine).
@@ -65,8 +67,9 @@ def kv_transfer_config(entry: EngineEntry, cfg: LiveConfig) -> dict[str, object]
     if entry.role == "colocated":
         return None
     conf: dict[str, object] = {"kv_connector": cfg.connector, "kv_role": KV_ROLES[entry.role]}
-    if cfg.connector == "ExampleConnector":
-        conf["kv_connector_extra_config"] = {"shared_storage_path": cfg.kv.shared_storage_path}
+    if cfg.connector == "ExampleConnector":  # ours: the same, with a bounded folder (gpu/kvstore.py)
+        conf.update(kv_connector=BOUNDED_EXAMPLE_CONNECTOR[0], kv_connector_module_path=BOUNDED_EXAMPLE_CONNECTOR[1],
+                    kv_connector_extra_config={"shared_storage_path": cfg.kv.shared_storage_path})
     else:
         conf["kv_connector_extra_config"] = {"kv_lease_duration": cfg.kv_lease_s}
     if entry.role == "decode":

@@ -11,11 +11,13 @@ import os
 import re
 import signal
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 from streamserve.gpu.config import MODEL_DRAFTERS, LiveConfig
 from streamserve.gpu.engine_args import ENV_STEP_LOG, EngineSpec, busy_ports, engine_specs, resolve_model
@@ -56,7 +58,9 @@ class Engine:
     spec: EngineSpec
     proc: subprocess.Popen | None = None
     started_at: float = 0.0
-    _log: object | None = field(default=None, repr=False)
+    restarts: int = 0
+    _log: IO[bytes] | None = field(default=None, repr=False)
+    _reaped: bool = False
 
     @property
     def lane_id(self) -> int:
@@ -80,9 +84,31 @@ class Engine:
                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      start_new_session=True)
         self.started_at = time.monotonic()
+        self._reaped = False
 
     def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        """Whether the engine's API server runs. Once it has died, its whole process
+        group (vLLM's EngineCore and workers, which outlive it) is killed at once, so a
+        dead engine holds no memory, device or port until shutdown."""
+        if self.proc is None:
+            return False
+        if self.proc.poll() is None:
+            return True
+        if not self._reaped:
+            self._reaped = True
+            _signal_group(self.proc.pid, signal.SIGKILL)
+            if self._log is not None:
+                self._log.close()
+                self._log = None
+        return False
+
+    def restart(self, timeout: float) -> None:
+        """Stop what is left of the engine, start it again with the same command, and
+        wait until it answers ``/health`` (the front end then takes its lane back)."""
+        self.stop(grace=5.0)
+        self.restarts += 1
+        self.start()
+        self.wait_ready(time.monotonic() + timeout)
 
     def healthy(self, timeout: float = 2.0) -> bool:
         try:
@@ -144,6 +170,8 @@ class EngineSet:
 
     def __init__(self, specs: list[EngineSpec]) -> None:
         self.engines = [Engine(spec) for spec in specs]
+        self._restarting: set[int] = set()  # lanes whose engine a supervisor thread is restarting
+        self._reported: set[int] = set()  # lanes whose engine's death was reported and not yet undone
 
     @classmethod
     def from_config(cls, cfg: LiveConfig, log_dir: Path | None = None) -> "EngineSet":
@@ -166,10 +194,36 @@ class EngineSet:
 
     def stop(self) -> None:
         for engine in self.engines:
-            if engine.alive():
+            if engine.proc is not None and engine.alive():
                 _signal_group(engine.proc.pid, signal.SIGTERM)  # all at once, then wait each
         for engine in self.engines:
             engine.stop()
+
+    def supervise(self, restart: bool, timeout: float, echo=print) -> None:
+        """One look at every engine: reap the process group of one whose API server died
+        and, with ``restart``, start it again in a thread of its own (the front end
+        serves from the other lanes meanwhile)."""
+        for engine in self.engines:
+            if engine.lane_id in self._restarting or engine.proc is None or engine.alive():
+                continue
+            if engine.lane_id in self._reported:
+                continue
+            self._reported.add(engine.lane_id)
+            echo(f"engine {engine.lane_id} ({engine.spec.entry.role}) exited with code {engine.proc.returncode}; "
+                 f"its process group was reaped" + ("; restarting it" if restart else ""))
+            if restart:
+                self._restarting.add(engine.lane_id)
+                threading.Thread(target=self._restart, args=(engine, timeout, echo), daemon=True).start()
+
+    def _restart(self, engine: Engine, timeout: float, echo) -> None:
+        try:
+            engine.restart(timeout)
+            echo(f"engine {engine.lane_id} ({engine.spec.entry.role}) is back")
+            self._reported.discard(engine.lane_id)
+        except EngineError as e:
+            echo(f"restarting engine {engine.lane_id} failed: {e}")
+        finally:
+            self._restarting.discard(engine.lane_id)
 
     def __enter__(self) -> "EngineSet":
         return self

@@ -5,13 +5,15 @@ A lane's snapshot joins two sources: what the engine last reported on its Promet
 front end has sent it and not yet seen come back. The second matters because scrapes
 are periodic: without it, a burst of arrivals between two scrapes would all see the
 same "empty" lane and be routed to it.
+
+The speculation depth a decode engine's SpecuStream chose is read from the engine's own
+counters as vLLM counts them: drafted tokens per draft since the last scrape (the mean
+k of the steps in between), so no side channel from the engine is needed.
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from streamserve.lanes import LaneRole, LaneStats
 from streamserve.request import Request, State
@@ -27,41 +29,8 @@ M_EXTERNAL_PROMPT = "vllm:prompt_tokens_by_source_total"  # source="external_kv_
 M_CACHE_INFO = "vllm:cache_config_info"  # an info gauge: the KV cache's size is in its labels
 KV_BLOCKS = M_CACHE_INFO + ":num_gpu_blocks"
 KV_BLOCK_SIZE = M_CACHE_INFO + ":block_size"
+LANE_FAMILIES = (M_WAITING, M_RUNNING, M_KV_USAGE, M_DRAFTS, M_DRAFT_TOKENS, M_ACCEPTED, M_CACHE_INFO)
 SMOOTHING = 0.8  # EWMA weight of the past for acceptance rate
-
-
-def parse_prometheus(text: str) -> dict[str, float]:
-    """Sum each metric over its label sets; ``name{source="x"}`` keys are kept too, and
-    the KV cache's size from the labels of ``vllm:cache_config_info`` (``KV_BLOCKS``,
-    ``KV_BLOCK_SIZE``).
-
-    Only the few families a lane reads matter, and an engine reports one set of labels
-    per family (one engine, one model), so summing over labels loses nothing.
-    """
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if not line or line[0] == "#":
-            continue
-        name_labels, _, value = line.rpartition(" ")
-        try:
-            v = float(value)
-        except ValueError:
-            continue
-        name, brace, labels = name_labels.partition("{")
-        out[name] = out.get(name, 0.0) + v
-        if brace:
-            for label in labels.rstrip("}").split(","):
-                key, _, val = label.partition("=")
-                val = val.strip(chr(34))
-                if key in ("source", "position"):
-                    full = f'{name}{{{key}="{val}"}}'
-                    out[full] = out.get(full, 0.0) + v
-                elif name == M_CACHE_INFO and key in ("num_gpu_blocks", "block_size"):
-                    try:
-                        out[f"{name}:{key}"] = float(val)
-                    except ValueError:  # "None" before the engine has sized its cache
-                        pass
-    return out
 
 
 @dataclass
@@ -85,7 +54,6 @@ class LiveLane:
     max_num_seqs: int
     pair: int | None = None
     tp: int = 1
-    k_trace_path: Path | None = None
     healthy: bool = True
     down_reason: str = ""
     in_flight: dict[int, Request] = field(default_factory=dict)
@@ -96,8 +64,6 @@ class LiveLane:
     acceptance: float | None = None
     spec: SpecCounters = field(default_factory=SpecCounters)
     spec_k: int = 0
-    k_changes: list[tuple[float, int]] = field(default_factory=list)
-    _k_trace_pos: int = 0
 
     def update(self, metrics: dict[str, float]) -> None:
         """Fold in one scrape of the engine's /metrics."""
@@ -110,30 +76,13 @@ class LiveLane:
         new = SpecCounters.of(metrics)
         d_draft = new.draft_tokens - self.spec.draft_tokens
         d_acc = new.accepted - self.spec.accepted
+        d_drafts = new.drafts - self.spec.drafts
         if d_draft > 0:
             rate = d_acc / d_draft
             self.acceptance = rate if self.acceptance is None else SMOOTHING * self.acceptance + (1 - SMOOTHING) * rate
+        if d_drafts > 0:
+            self.spec_k = round(d_draft / d_drafts)
         self.spec = new
-
-    def read_k_trace(self) -> None:
-        """Pick up k changes the engine's scheduler appended since the last read."""
-        if self.k_trace_path is None:
-            return
-        try:
-            with open(self.k_trace_path) as f:
-                f.seek(self._k_trace_pos)
-                chunk = f.read()
-        except OSError:
-            return
-        end = chunk.rfind("\n") + 1  # a line being written is read next time
-        self._k_trace_pos += len(chunk[:end].encode())
-        for line in chunk[:end].splitlines():
-            try:
-                rec = json.loads(line)
-                self.k_changes.append((float(rec["t"]), int(rec["k"])))
-                self.spec_k = int(rec["k"])
-            except (ValueError, KeyError, TypeError):
-                continue
 
     def stats(self) -> LaneStats:
         """The policy's snapshot: the engine's last report, corrected by what the front

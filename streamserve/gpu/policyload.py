@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from streamserve.perfmodel import LanePerf, Profile
-from streamserve.policies.base import Router, Scheduler, SpecPolicy
+from streamserve.policies.base import Scheduler, SpecPolicy
 from streamserve.policies.registry import build_router, build_scheduler, build_spec_policy
 
 
@@ -27,7 +27,7 @@ def build_engine_spec_policy(conf: Mapping[str, Any], k_max: int) -> SpecPolicy:
     return build_spec_policy(conf["policy"], perf, k_max)
 
 
-def build_front_policies(router_conf: Mapping[str, Any], scheduler_conf: Mapping[str, Any],
-                         perf: Mapping[int, LanePerf], seed: int) -> tuple[Router, Scheduler]:
-    router = build_router(router_conf, perf, seed=seed)
-    return router, build_scheduler(scheduler_conf, router, perf)
+def build_front_scheduler(router_conf: Mapping[str, Any], scheduler_conf: Mapping[str, Any],
+                          perf: Mapping[int, LanePerf], seed: int) -> Scheduler:
+    """The front end's scheduler, holding its router."""
+    return build_scheduler(scheduler_conf, build_router(router_conf, perf, seed=seed), perf)

@@ -9,12 +9,15 @@ policy sees the real batch of the step being scheduled; vLLM itself caps nothing
 the value is clamped to ``num_speculative_tokens`` (the drafter's buffers are sized
 for it). Drafts proposed at the end of step t with depth k_t are verified in step
 t+1; ``make_spec_decoding_stats`` is where vLLM counts them per request, and the step
-is reported to the policy in ``update_from_output``.
+is reported to the policy in ``update_from_output``. Each request's workload class
+travels with it from the client (``vllm_xargs: {"streamserve_class": ...}``), so the
+policy gets the batch's class counts in ``depth`` and per-class outcomes in ``observe``,
+as in the simulator.
 
 This module is loaded by the engine process (``--scheduler-cls``), which finds the
 policy config in ``$STREAMSERVE_SPEC_POLICY`` (JSON written by ``engine_args.engine_env``)
-and appends each change of k to ``$STREAMSERVE_K_TRACE`` for the front end to read
-(and, with ``profile_steps: true``, every step's tokens and duration to
+and appends each change of k to ``$STREAMSERVE_K_TRACE`` (a log; the front end reads
+k from the engine's spec-decode counters) (and, with ``profile_steps: true``, every step's tokens and duration to
 ``$STREAMSERVE_STEP_LOG``, to fit a profile of the engine's real step costs).
 """
 from __future__ import annotations
@@ -29,6 +32,7 @@ from typing import Any
 from vllm.v1.core.sched.scheduler import Scheduler
 
 from streamserve.gpu.policyload import build_engine_spec_policy
+from streamserve.gpu.protocol import CLASS_KEY
 from streamserve.policies.base import SpecPolicy, StepObservation
 
 
@@ -119,7 +123,8 @@ class SpecuStreamScheduler(Scheduler):
         conf = json.loads(raw)
         self.lane_id: int = int(conf["lane_id"])
         self.k_cap: int = int(self.num_spec_tokens)
-        self.policy: SpecPolicy = build_engine_spec_policy(conf, k_max=self.k_cap)
+        # not ``self.policy``: that is vLLM's own scheduling policy (FCFS or priority)
+        self.spec_policy: SpecPolicy = build_engine_spec_policy(conf, k_max=self.k_cap)
         self.max_num_seqs: int = self.scheduler_config.max_num_seqs
         self.trace_path = os.environ.get("STREAMSERVE_K_TRACE") or None
         self.steps_path = os.environ.get("STREAMSERVE_STEP_LOG") or None
@@ -130,15 +135,29 @@ class SpecuStreamScheduler(Scheduler):
         self._step_start = 0.0
         self._drafted = 0
         self._accepted = 0
+        self._by_class: dict[str, list[int]] = {}  # class -> [drafted, accepted] in the step being updated
         self.dynamic_sd_lookup = _PolicyLookup(self)  # type: ignore[assignment]
 
     # ------------------------------------------------------------ decisions
     def _context_tokens(self) -> int:
         return sum(r.num_computed_tokens for r in self.running)
 
+    def _class_of(self, request: Any) -> str:
+        """The workload class the client named (``vllm_xargs.streamserve_class``, which
+        vLLM keeps in the request's ``sampling_params.extra_args``)."""
+        extra = getattr(request.sampling_params, "extra_args", None) or {}
+        return str(extra.get(CLASS_KEY, "default"))
+
+    def _classes(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for r in self.running:
+            c = self._class_of(r)
+            counts[c] = counts.get(c, 0) + 1
+        return counts
+
     def choose_k(self, batch_size: int) -> int:
         now = time.monotonic() - self._t0
-        k = self.policy.depth(self.lane_id, batch_size, self._context_tokens(), now)
+        k = self.spec_policy.depth(self.lane_id, batch_size, self._context_tokens(), now, self._classes())
         k = max(0, min(int(k), self.k_cap))
         self._k_now = k
         if k != self._last_logged_k:
@@ -173,11 +192,17 @@ class SpecuStreamScheduler(Scheduler):
         invalid = (num_invalid_spec_tokens or {}).get(request_id, 0)
         self._drafted += num_draft_tokens - invalid
         self._accepted += num_accepted_tokens
+        request = self.requests.get(request_id)
+        if request is not None and num_draft_tokens:
+            tally = self._by_class.setdefault(self._class_of(request), [0, 0])
+            tally[0] += num_draft_tokens - invalid
+            tally[1] += num_accepted_tokens
         return super().make_spec_decoding_stats(spec_decoding_stats, num_draft_tokens, num_accepted_tokens,
                                                 num_invalid_spec_tokens, request_id)
 
     def update_from_output(self, scheduler_output, model_runner_output):  # type: ignore[override]
         self._drafted = self._accepted = 0
+        self._by_class = {}
         outputs = super().update_from_output(scheduler_output, model_runner_output)
         end = time.monotonic()
         batch = len(scheduler_output.num_scheduled_tokens)
@@ -188,8 +213,9 @@ class SpecuStreamScheduler(Scheduler):
             self._log_step({"dt": duration, "tokens": scheduler_output.total_num_scheduled_tokens, "batch": batch,
                             "k": self._k_prev, "context": self._context_tokens(), "drafted": self._drafted,
                             "accepted": self._accepted})
-        self.policy.observe(StepObservation(
+        self.spec_policy.observe(StepObservation(
             lane_id=self.lane_id, k=self._k_prev, batch_size=batch, context_tokens=self._context_tokens(),
             drafted=self._drafted, accepted=self._accepted, step_time=duration, now=end - self._t0,
+            by_class={c: (d, a) for c, (d, a) in self._by_class.items()} or None,
         ))
         return outputs
