@@ -51,6 +51,7 @@ def _command_line() -> str:
 
 def add_commands(group: click.Group) -> None:
     group.add_command(tune_cmd)
+    group.add_command(plan_cmd)
 
 
 @click.command("tune")
@@ -167,3 +168,61 @@ def _run_with_progress(settings: Any, study: Any, runner: Any, quiet: bool) -> l
             bar.update(task, advance=1, best=best_text())
 
         return run_trials(settings, study, runner, on_trial)
+
+
+@click.command("plan")
+@click.option("--model", default="opt-13b", show_default=True)
+@click.option("--gpu", default="A100-80GB", show_default=True)
+@click.option("--gpus", "budget", type=click.IntRange(min=1), required=True, help="GPU budget.")
+@click.option("--profile", type=click.Path(dir_okay=False), default=None,
+              help="Profile JSON (default: the shipped one).")
+@click.option("--config", "config", type=click.Path(dir_okay=False),
+              help="Cluster file whose policies, engine, link and speculation every placement uses "
+                   "(default: the built-in streamserve cluster).")
+@workload_options
+@click.option("--num-requests", "-n", type=click.IntRange(min=1), default=500, show_default=True,
+              help="Requests per run.")
+@click.option("--seeds", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Seeds per rate; attainment is their mean.")
+@click.option("--slo", "slo_items", multiple=True, required=True, metavar="ttft:MS,tpot:MS")
+@click.option("--attainment", type=click.FloatRange(0, 1, min_open=True), default=0.9, show_default=True,
+              help="Share of requests that must meet the SLO.")
+@click.option("--tolerance", type=click.FloatRange(0.001, 0.5), default=0.02, show_default=True,
+              help="Relative precision of the highest rate.")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--ray", "ray_address", metavar="ADDRESS|auto", default=None)
+@click.option("--out", "out", type=click.Path(file_okay=False), default="results/plan", show_default=True)
+@click.option("--quiet", "-q", is_flag=True)
+def plan_cmd(model: str, gpu: str, budget: int, profile: str | None, config: str | None, workload_spec: str | None,
+             fmt: str | None, arrival: str | None, cv: float | None, strict: bool, num_requests: int, seeds: int,
+             slo_items: tuple[str, ...], attainment: float, tolerance: float, workers: int, ray_address: str | None,
+             out: str, quiet: bool) -> None:
+    """Search placements (colocated or disaggregated, lanes per role, TP per role, stream
+    pairs) within a GPU budget for the most goodput per GPU under an SLO attainment target."""
+    from streamserve.perfmodel import ProfileError
+    from streamserve.tuning.plan_report import write_plan
+    from streamserve.tuning.placement import run_plan
+
+    slo = _slo(slo_items, None)
+    try:
+        base = load_cluster(config) if config else builtin_cluster("streamserve")
+        base = base.model_copy(update={"model": model, "gpu": gpu, "profile": profile})
+        workload = WorkloadArgs(workload_spec, fmt, num_requests, None, arrival, cv, None, base.workload,
+                                config or "<builtin streamserve>")
+        results = run_plan(base, budget, workload, tuple(range(seeds)), slo, attainment, tolerance, workers,
+                           ray_address, progress=not quiet)
+        best = write_plan(base, budget, results, Path(out), _command_line(), slo, attainment)
+    except (TuningError, ConfigError, ProfileError, ValueError, OSError) as e:
+        raise UserError(str(e)) from None
+    from rich.console import Console
+
+    from streamserve.tuning.plan_report import table
+
+    Console().print(table(results, f"{model} on up to {budget} x {gpu}: highest rate with {attainment:.0%} "
+                                   f"of requests within the SLO"))
+    if best is None:
+        click.echo(f"no placement meets the SLO: none reaches {attainment:.0%} attainment at any rate "
+                   f"(wrote {out}/plan.csv)")
+        sys.exit(1)
+    click.echo(f"best: {results[0].placement.name}: {results[0].per_gpu:.3g} req/s per GPU; wrote {best}, "
+               f"{out}/plan.csv, {out}/plan.png")

@@ -57,10 +57,11 @@ class Param:
         return f"{self.kind} in [{self.low:g}, {self.high:g}]" + (" (log)" if self.log else "")
 
 
-def parse_spec(name: str, spec: str) -> Param:
-    """A ``SEARCH_SPACE`` value (or the part of ``--param NAME=SPEC`` after ``=``)."""
+def parse_spec(name: str, spec: str, where: str | None = None) -> Param:
+    """A ``SEARCH_SPACE`` value (or the part of ``--param NAME=SPEC`` after ``=``);
+    ``where`` names it in an error message (default: ``name``)."""
     words = spec.split()
-    bad = f"{name}: bad search-space spec {spec!r}"
+    bad = f"{where or name}: bad search-space spec {spec!r}"
     if not words or words[0] not in KINDS:
         raise TuningError(f"{bad}: start with one of {', '.join(KINDS)}")
     kind, rest = words[0], words[1:]
@@ -129,7 +130,7 @@ def select(cluster: ClusterConfig, requested: Sequence[str] = ()) -> list[Param]
             tunable = ", ".join(n for n in available if n.startswith(section + ".")) or "none declared"
             raise TuningError(f"--param {name}: not a parameter of {section} {policy!r} (tunable: {tunable})")
         if eq:
-            chosen[name] = parse_spec(f"--param {name}", spec)
+            chosen[name] = parse_spec(name, spec, f"--param {name}")
         elif name in available:
             chosen[name] = available[name]
         else:

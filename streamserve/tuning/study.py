@@ -54,7 +54,7 @@ class TuneSettings:
     batch: int = 4
     sampler: str = "tpe"
     sampler_seed: int = 0
-    storage: str = "sqlite:///study.db"
+    storage: str | None = None  # an Optuna storage URL; None: in memory
     study_name: str = "tune"
 
     @property
