@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from typing import Any, Callable, Iterable, Iterator, Protocol
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol, Sequence
 
+from streamserve.config import ClusterConfig
+from streamserve.request import SLO
 from streamserve.tuning.errors import TuningError
+from streamserve.tuning.evaluate import RunResultValues, RunTask, WorkloadArgs, evaluate_run
 
 
 class Runner(Protocol):
@@ -85,3 +89,36 @@ class RayRunner:
 
 def make_runner(workers: int, ray_address: str | None) -> Runner:
     return RayRunner(ray_address) if ray_address else LocalPool(workers)
+
+
+@dataclass
+class Measured:
+    """One configuration over seeds: each metric's per-seed values, in seed order, or
+    the first error a run gave."""
+
+    per_seed: dict[str, list[float]] = field(default_factory=dict)
+    error: str | None = None
+
+
+def measure(runner: Runner, configs: Mapping[Any, ClusterConfig], workload: WorkloadArgs, seeds: Sequence[int],
+            slo: SLO, metrics: Sequence[str], rates: Mapping[int, float] | None = None,
+            on_done: Callable[[Any, Measured], None] | None = None) -> dict[Any, Measured]:
+    """Every configuration on every seed (``rates``: a rate per seed, else the
+    workload's): the one loop behind tune's trials and validation and the benchmarks'
+    comparisons. ``on_done(key, measured)`` is called as each configuration completes."""
+    tasks = [RunTask(cfg.model_dump(), workload, seed, (slo.ttft, slo.tpot), tuple(metrics),
+                     rate=None if rates is None else rates[seed], tag=(key, seed))
+             for key, cfg in configs.items() for seed in seeds]
+    got: dict[Any, dict[int, RunResultValues]] = {key: {} for key in configs}
+    out: dict[Any, Measured] = {}
+    for r in runner.imap(evaluate_run, tasks):
+        key, seed = r.tag
+        got[key][seed] = r
+        if len(got[key]) == len(seeds):
+            runs = [got[key][s] for s in seeds]
+            errors = [x.error for x in runs if x.error]
+            out[key] = (Measured(error=errors[0]) if errors
+                        else Measured({m: [x.values[m] for x in runs] for m in metrics}))
+            if on_done is not None:
+                on_done(key, out[key])
+    return {key: out[key] for key in configs}

@@ -33,8 +33,8 @@ from typing import Any, Callable
 from streamserve.config import ClusterConfig
 from streamserve.request import SLO
 from streamserve.tuning.errors import TuningError
-from streamserve.tuning.evaluate import METRICS, Estimate, RunResultValues, RunTask, WorkloadArgs, evaluate_run
-from streamserve.tuning.runners import Runner
+from streamserve.tuning.evaluate import METRICS, Estimate, WorkloadArgs
+from streamserve.tuning.runners import Measured, Runner, measure
 from streamserve.tuning.space import Param, _factory, apply, suggest
 
 REPORTED = ("goodput", "attainment", "p99_e2e", "mean_ttft", "mean_tpot")  # always measured, for trials.csv
@@ -152,10 +152,6 @@ def open_study(settings: TuneSettings) -> Any:
     return study
 
 
-def _run_all(runner: Runner, tasks: list[RunTask]) -> Any:
-    return runner.imap(evaluate_run, tasks)
-
-
 def run_trials(settings: TuneSettings, study: Any, runner: Runner,
                on_trial: Callable[[TrialOutcome], None] = lambda _: None) -> list[TrialOutcome]:
     """Run trials until the study holds ``settings.trials`` finished ones."""
@@ -167,16 +163,13 @@ def run_trials(settings: TuneSettings, study: Any, runner: Runner,
     while remaining > 0:
         asked = [study.ask() for _ in range(min(settings.batch, remaining))]
         batch = [TrialOutcome(t.number, suggest(t, settings.params)) for t in asked]
-        tasks = [RunTask(apply(settings.cluster, o.params).model_dump(), settings.workload, seed,
-                         (settings.slo.ttft, settings.slo.tpot), settings.metrics, tag=(i, seed))
-                 for i, o in enumerate(batch) for seed in settings.seeds]
-        got: dict[int, dict[int, RunResultValues]] = {}
-        for r in _run_all(runner, tasks):
-            i, seed = r.tag
-            got.setdefault(i, {})[seed] = r
-            if len(got[i]) == len(settings.seeds):
-                _fill(batch[i], [got[i][s] for s in settings.seeds])
-                on_trial(batch[i])
+
+        def done(i: int, m: Measured) -> None:
+            batch[i].per_seed, batch[i].error = m.per_seed, m.error
+            on_trial(batch[i])
+
+        measure(runner, {i: apply(settings.cluster, o.params) for i, o in enumerate(batch)}, settings.workload,
+                settings.seeds, settings.slo, settings.metrics, on_done=done)
         for trial, o in zip(asked, batch):  # told in trial order: the sampler's history is reproducible
             trial.set_user_attr("per_seed", o.per_seed)
             if o.error:
@@ -187,14 +180,6 @@ def run_trials(settings: TuneSettings, study: Any, runner: Runner,
         outcomes += batch
         remaining -= len(batch)
     return outcomes
-
-
-def _fill(o: TrialOutcome, runs: list[RunResultValues]) -> None:
-    errors = [r.error for r in runs if r.error]
-    if errors:
-        o.error = errors[0]
-        return
-    o.per_seed = {m: [r.values[m] for r in runs] for m in runs[0].values}
 
 
 def outcome_of(t: Any) -> TrialOutcome:
@@ -219,17 +204,9 @@ def validate(settings: TuneSettings, study: Any, runner: Runner, numbers: list[i
     trials = {t.number: t for t in study.trials}
     configs: dict[Any, ClusterConfig] = {"baseline": settings.cluster}
     configs.update({n: apply(settings.cluster, trials[n].params) for n in numbers})
-    tasks = [RunTask(c.model_dump(), settings.workload, seed, (settings.slo.ttft, settings.slo.tpot),
-                     settings.metrics, tag=(key, seed))
-             for key, c in configs.items() for seed in settings.validation_seeds]
-    got: dict[Any, dict[int, dict[str, float]]] = {}
-    for r in _run_all(runner, tasks):
-        if r.error:
-            raise TuningError(f"validation of {r.tag[0]} on seed {r.tag[1]} failed: {r.error}")
-        got.setdefault(r.tag[0], {})[r.tag[1]] = r.values
-
-    def series(key: Any) -> dict[str, list[float]]:
-        return {m: [got[key][s][m] for s in settings.validation_seeds] for m in settings.metrics}
-
-    base = series("baseline")
-    return [Validation(n, dict(trials[n].params), series(n), base) for n in numbers]
+    got = measure(runner, configs, settings.workload, settings.validation_seeds, settings.slo, settings.metrics)
+    for key, m in got.items():
+        if m.error:
+            raise TuningError(f"validation of {'the starting configuration' if key == 'baseline' else f'trial {key}'} "
+                              f"failed: {m.error}")
+    return [Validation(n, dict(trials[n].params), got[n].per_seed, got["baseline"].per_seed) for n in numbers]
