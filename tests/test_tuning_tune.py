@@ -29,7 +29,8 @@ def run_cli(args: list[str]) -> int:
 
 def test_tune_writes_its_files_and_best_yaml_simulates(tmp_path, capsys):
     out = tmp_path / "t"
-    assert run_cli(TUNE + ["--trials", "4", "--out", str(out)]) == 0
+    live = Path(streamserve.__file__).parent / "configs" / "live-cpu.yaml"
+    assert run_cli(TUNE + ["--trials", "4", "--out", str(out), "--live-config", str(live)]) == 0
     text = capsys.readouterr().out
     assert "unseen seeds" in text and "winner: trial" in text
     rows = list(csv.DictReader(open(out / "trials.csv")))
@@ -45,6 +46,11 @@ def test_tune_writes_its_files_and_best_yaml_simulates(tmp_path, capsys):
     best = (out / "best.yaml").read_text()
     assert f"trial {winner['trial']}" in best
     assert run_cli(["simulate", "--config", str(out / "best.yaml"), "-n", "50", "-q", "--out", str(tmp_path / "s")]) == 0
+    from streamserve.gpu.config import load_live
+
+    tuned = load_live(out / "best-live.yaml")  # what serve --config reads
+    assert tuned.router.w_latency == pytest.approx(float(winner["params"]["router.w_latency"]))
+    assert tuned.engines == load_live(live).engines
 
     # resumed: the 4 stored trials are kept, 2 more are run
     assert run_cli(TUNE + ["--trials", "6", "--out", str(out)]) == 0

@@ -83,19 +83,21 @@ def add_commands(group: click.Group) -> None:
 @click.option("--study", "study_name", default="tune", show_default=True, help="Study name in the storage.")
 @click.option("--slo", "slo_items", multiple=True, metavar="ttft:MS,tpot:MS",
               help="SLO for goodput and attainment (default: the cluster file's slo).")
+@click.option("--live-config", type=click.Path(dir_okay=False), default=None,
+              help="Also write best-live.yaml: this live config (serve --config) with the tuned policies.")
 @click.option("--out", "out", type=click.Path(file_okay=False), default="results/tune", show_default=True)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def tune_cmd(config: str | None, workload_spec: str | None, fmt: str | None, arrival: str | None, cv: float | None,
              strict: bool, num_requests: int | None, rate: float | None, objectives: tuple[str, ...],
              params: tuple[str, ...], trials: int, seeds: int, validation_seeds: int, workers: int, batch: int,
              ray_address: str | None, sampler: str, sampler_seed: int, storage: str | None, study_name: str,
-             slo_items: tuple[str, ...], out: str, quiet: bool) -> None:
+             slo_items: tuple[str, ...], live_config: str | None, out: str, quiet: bool) -> None:
     """Search the cluster's policy parameters with Optuna, on simulations averaged over seeds;
     re-evaluate the winner on unseen seeds; write trials.csv, tune.png, best.yaml."""
     from streamserve.tuning import report
     from streamserve.tuning.runners import make_runner
     from streamserve.tuning.space import select
-    from streamserve.tuning.study import VALIDATION_SEED_BASE, TuneSettings, open_study, run_trials, validate, winners
+    from streamserve.tuning.study import VALIDATION_SEED_BASE, TuneSettings, open_study, validate, winners
 
     objectives = objectives or ("goodput",)
     if len(objectives) > 2 or len(set(objectives)) != len(objectives):
@@ -134,11 +136,14 @@ def tune_cmd(config: str | None, workload_spec: str | None, fmt: str | None, arr
         report.write_plot(settings, outcomes, chosen, out_dir / "tune.png")
         report.write_best_yaml(settings, raw, origin, validations[0], command, out_dir / "best.yaml")
         report.write_summary(report.summary(settings, outcomes, validations, command), out_dir / "summary.json")
+        if live_config:
+            report.write_live_yaml(settings, live_config, validations[0], command, out_dir / "best-live.yaml")
     except (TuningError, ConfigError, ValueError, OSError) as e:
         raise UserError(str(e)) from None
     for line in report.verdict(settings, validations[0]):
         click.echo(line)
-    click.echo(f"wrote {out_dir}/trials.csv, tune.png, best.yaml, summary.json (study: {settings.storage})")
+    live = ", best-live.yaml" if live_config else ""
+    click.echo(f"wrote {out_dir}/trials.csv, tune.png, best.yaml{live}, summary.json (study: {settings.storage})")
 
 
 def _run_with_progress(settings: Any, study: Any, runner: Any, quiet: bool) -> list[Any]:

@@ -132,3 +132,20 @@ def verdict(settings: TuneSettings, v: Validation) -> list[str]:
         out.append(f"  {m} on {len(settings.validation_seeds)} unseen seeds: {v.estimate(m)} vs starting "
                    f"{base} ({pct:+.1f}%, paired difference {d}: {call})")
     return out
+
+
+def write_live_yaml(settings: TuneSettings, live_path: str, v: Validation, command: str, path: Path) -> None:
+    """A live config (``serve --config``) with the winner's policy sections: the tuned
+    cluster's scheduler, router and spec_policy replace the live file's."""
+    from streamserve.config import read_mapping
+    from streamserve.gpu.config import parse_live
+    from streamserve.tuning.space import SECTIONS, apply
+
+    data, _ = read_mapping(live_path)
+    tuned = apply(settings.cluster, v.params)
+    for section in SECTIONS:
+        data[section] = getattr(tuned, section).model_dump()
+    text = yaml.safe_dump(data, sort_keys=False)
+    parse_live(yaml.safe_load(text), str(path), text)  # serve must accept it
+    path.write_text(f"# Tuned by: {command}\n# {live_path} with the policies of trial {v.trial} (see best.yaml)\n"
+                    + text)
