@@ -17,7 +17,7 @@ as ``tune``'s trials.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterable
 
 from streamserve.config import ClusterConfig, LaneConfig, PolicyConfig
 from streamserve.perfmodel import LanePerf, Profile, ProfileError
@@ -66,7 +66,7 @@ class Placement:
         if self.colocated:
             lanes = [LaneConfig(role="colocated", tp=self.prefill_tp, replicas=self.prefill)]
         elif self.paired:
-            lanes = [LaneConfig(role=role, tp=tp, pair=i) for i in range(self.prefill)
+            lanes = [LaneConfig.model_validate({"role": role, "tp": tp, "pair": i}) for i in range(self.prefill)
                      for role, tp in (("prefill", self.prefill_tp), ("decode", self.decode_tp))]
         else:
             lanes = [LaneConfig(role="prefill", tp=self.prefill_tp, replicas=self.prefill),
@@ -192,7 +192,7 @@ def run_plan(base: ClusterConfig, budget: int, workload: WorkloadArgs, seeds: tu
              for p in placements(budget, tps)]
     runner = make_runner(workers, ray_address)
     try:
-        results = runner.imap(max_rate, tasks)
+        results: Iterable[PlanResult] = runner.imap(max_rate, tasks)
         if progress:
             from rich.console import Console
             from rich.progress import track

@@ -114,7 +114,7 @@ def current_values(cluster: ClusterConfig, params: list[Param]) -> dict[str, Any
         else:
             ok = isinstance(v, (int, float)) and not isinstance(v, bool) and p.low <= v <= p.high
         if ok:
-            out[p.name] = int(v) if p.kind == "int" else v
+            out[p.name] = int(v) if p.kind == "int" and v is not None else v
     return out
 
 
@@ -132,7 +132,8 @@ def open_study(settings: TuneSettings) -> Any:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    directions = ["maximize" if METRICS[m].maximize else "minimize" for m in settings.objectives]
+    directions = [optuna.study.StudyDirection.MAXIMIZE if METRICS[m].maximize else optuna.study.StudyDirection.MINIMIZE
+                  for m in settings.objectives]
     try:
         study = optuna.create_study(storage=settings.storage, sampler=_sampler(settings),
                                     study_name=settings.study_name, directions=directions, load_if_exists=True)
