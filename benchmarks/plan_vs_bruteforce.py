@@ -5,8 +5,9 @@ OPT-13B on A100-80GB (the shipped profile, DistServe's fitted coefficients), pro
 every placement by its highest rate meeting the attainment target (doubling, then
 bisection); the brute force scans every placement (enumerated here independently, by
 nested loops) on a rate grid, keeping the last grid rate below the first miss. The
-script reports both rates per placement and whether the two orders agree up to the
-grid's resolution. Writes ``benchmarks/results/plan_vs_bruteforce.{json,md}``.
+script reports both rates per placement, whether plan's rate lies in the brute force's
+grid cell (widened below by plan's bisection tolerance, 2%) and whether the two orders
+agree up to the grid's resolution. Writes ``benchmarks/results/plan_vs_bruteforce.{json,md}``.
 
     PYTHONPATH=. python benchmarks/plan_vs_bruteforce.py [--gpus 2 4] [--n 300] [--step 0.5]
 """
@@ -24,6 +25,7 @@ from streamserve.tuning.evaluate import RunTask, WorkloadArgs, evaluate_run
 from streamserve.tuning.placement import Placement, run_plan
 
 FIXED = "random:input_len=512,output_len=128,range_ratio=0"
+TOLERANCE = 0.02  # plan's relative precision of a highest rate (its default)
 
 
 def every_placement(budget: int, tps: tuple[int, ...] = (1, 2, 4)) -> set[Placement]:
@@ -65,14 +67,14 @@ def main() -> None:
                          f"SLO TTFT {ttft * 1e3:.0f} ms / TPOT {tpot * 1e3:.0f} ms, {args.attainment:.0%} attainment, "
                          f"grid step {args.step} req/s", ""]
     for budget in args.gpus:
-        plan = run_plan(base, budget, workload, (0,), slo, args.attainment)
+        plan = run_plan(base, budget, workload, (0,), slo, args.attainment, TOLERANCE)
         assert {r.placement for r in plan} == every_placement(budget), "plan skipped or invented a placement"
         brute = {r.placement: scan(r.placement.cluster(base), workload, slo, args.attainment, args.step) for r in plan}
         rows = [{"placement": r.placement.name, "gpus": r.placement.gpus, "plan_rate": r.max_rate,
                  "brute_rate": brute[r.placement], "plan_per_gpu": r.per_gpu,
                  "brute_per_gpu": brute[r.placement] / r.placement.gpus} for r in plan]
-        within = all(row["brute_rate"] - 1e-9 <= row["plan_rate"] <= row["brute_rate"] + args.step + 1e-9
-                     for row in rows)
+        within = all(row["brute_rate"] * (1 - TOLERANCE) - 1e-9 <= row["plan_rate"]
+                     <= row["brute_rate"] + args.step + 1e-9 for row in rows)
         inversions = [(a["placement"], b["placement"]) for i, a in enumerate(rows) for b in rows[i + 1:]
                       if a["brute_per_gpu"] < b["brute_per_gpu"] - args.step / min(a["gpus"], b["gpus"])]
         tau = float(kendalltau([r["plan_per_gpu"] for r in rows], [r["brute_per_gpu"] for r in rows]).statistic)
