@@ -73,6 +73,7 @@ def test_resume_with_other_settings_is_refused(tmp_path, capsys):
     (BASE + ["--config", DP], "nothing to tune"),
     (TUNE + ["--objective", "goodput", "--objective", "p99_e2e", "--objective", "mean_tpot"], "--objective"),
     (TUNE + ["--workload", "no-such-file.csv"], "no-such-file"),
+    (TUNE + ["--param", "router.w_kv=float -2 -1"], "no trial finished"),  # FlowGuard refuses every value
 ])
 def test_bad_input_is_one_line(tmp_path, capsys, args, message):
     assert run_cli(args + ["--trials", "1", "--out", str(tmp_path / "t")]) == 2

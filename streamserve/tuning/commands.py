@@ -124,6 +124,7 @@ def tune_cmd(config: str | None, workload_spec: str | None, fmt: str | None, arr
         runner = make_runner(workers, ray_address)
         try:
             outcomes = _run_with_progress(settings, study, runner, quiet)
+            report.write_trials_csv(settings, outcomes, out_dir / "trials.csv")  # first: it says why trials failed
             chosen = winners(settings, study)
             if not quiet:
                 click.echo(f"re-evaluating {len(chosen)} configuration(s) and the starting one on "
@@ -132,7 +133,6 @@ def tune_cmd(config: str | None, workload_spec: str | None, fmt: str | None, arr
         finally:
             runner.close()
         command = _command_line()
-        report.write_trials_csv(settings, outcomes, out_dir / "trials.csv")
         report.write_plot(settings, outcomes, chosen, out_dir / "tune.png")
         report.write_best_yaml(settings, raw, origin, validations[0], command, out_dir / "best.yaml")
         report.write_summary(report.summary(settings, outcomes, validations, command), out_dir / "summary.json")
