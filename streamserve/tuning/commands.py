@@ -138,7 +138,7 @@ def tune_cmd(config: str | None, workload_spec: str | None, fmt: str | None, arr
         report.write_summary(report.summary(settings, outcomes, validations, command), out_dir / "summary.json")
         if live_config:
             report.write_live_yaml(settings, live_config, validations[0], command, out_dir / "best-live.yaml")
-    except (TuningError, ConfigError, ValueError, OSError) as e:
+    except (TuningError, ConfigError, OSError) as e:
         raise UserError(str(e)) from None
     for line in report.verdict(settings, validations[0]):
         click.echo(line)
@@ -217,7 +217,7 @@ def plan_cmd(model: str, gpu: str, budget: int, profile: str | None, config: str
         results = run_plan(base, budget, workload, tuple(range(seeds)), slo, attainment, tolerance, workers,
                            ray_address, progress=not quiet)
         best = write_plan(base, budget, results, Path(out), _command_line(), slo, attainment)
-    except (TuningError, ConfigError, ProfileError, ValueError, OSError) as e:
+    except (TuningError, ConfigError, ProfileError, OSError) as e:
         raise UserError(str(e)) from None
     from rich.console import Console
 
