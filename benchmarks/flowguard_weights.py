@@ -6,9 +6,12 @@ several seeds, on the symmetric cluster and
 with one decode lane running at half speed (a straggler: what the latency signal is
 for). The script records mean p99 E2E, goodput and TPOT per setting and scenario, with
 round-robin as the reference, in ``benchmarks/results/flowguard_weights.json`` (and
-prints a table).
+prints a table). The runs go through the tuner's machinery (``streamserve.tuning``:
+the same run function, runners and metrics as ``streamserve tune``), so ``--workers``
+spreads them over processes; ``streamserve tune --param router.w_latency ...`` searches
+the same weights instead of comparing fixed settings.
 
-    PYTHONPATH=. python benchmarks/flowguard_weights.py [--n 5000] [--seeds 3]
+    PYTHONPATH=. python benchmarks/flowguard_weights.py [--n 5000] [--seeds 3] [--workers 2]
 """
 from __future__ import annotations
 
@@ -19,9 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from streamserve.config import FaultConfig, PolicyConfig, builtin_cluster
-from streamserve.experiments.ablate import DEFAULT_SLO, measure_capacity, scenario_workload
-from streamserve.metrics import summarize
-from streamserve.sim import run
+from streamserve.experiments.ablate import DEFAULT_SLO, measure_capacity
+from streamserve.tuning.evaluate import WorkloadArgs
+from streamserve.tuning.runners import LocalPool, measure
 
 ZERO = {"w_latency": 0.0, "w_queue": 0.0, "w_util": 0.0, "w_kv": 0.0, "w_accept": 0.0}
 SETTINGS = {
@@ -41,6 +44,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=5000)
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "flowguard_weights.json"))
     args = ap.parse_args()
     base = builtin_cluster("streamserve")
@@ -48,16 +52,18 @@ def main() -> None:
     scenarios = {"symmetric": base,
                  "decode lane 1 at half speed": base.model_copy(
                      update={"faults": [FaultConfig(lane=1, at=0.0, kind="slow", factor=2.0)]})}
-    rows = {(sc, name): [] for sc in scenarios for name in SETTINGS}
-    for seed in range(args.seeds):
-        wl = scenario_workload("paper", args.n, seed, rate=0.7 * cap, cv=3.0, slo=DEFAULT_SLO)
-        for sc, cluster in scenarios.items():
-            for name, router in SETTINGS.items():
-                cfg = cluster.model_copy(update={"router": PolicyConfig(**router)})
-                s = summarize(run(cfg, wl, seed), DEFAULT_SLO)
-                rows[(sc, name)].append((s["p99_e2el_ms"], s["request_goodput"], s["mean_tpot_ms"], s["mean_ttft_ms"]))
-    table = {f"{sc} | {name}": dict(zip(("p99_e2el_ms", "request_goodput", "mean_tpot_ms", "mean_ttft_ms"),
-                                        map(float, np.mean(v, axis=0)))) for (sc, name), v in rows.items()}
+    configs = {f"{sc} | {name}": cluster.model_copy(update={"router": PolicyConfig(**router)})
+               for sc, cluster in scenarios.items() for name, router in SETTINGS.items()}
+    workload = WorkloadArgs("mix", num_requests=args.n, rate=0.7 * cap, arrival="gamma", cv=3.0)  # the paper scenario
+    metrics = {"p99_e2el_ms": "p99_e2e", "request_goodput": "goodput", "mean_tpot_ms": "mean_tpot",
+               "mean_ttft_ms": "mean_ttft"}
+    pool = LocalPool(args.workers)
+    try:
+        got = measure(pool, configs, workload, range(args.seeds), DEFAULT_SLO, list(metrics.values()))
+    finally:
+        pool.close()
+    table = {name: {key: float(np.mean(m.per_seed[metric])) for key, metric in metrics.items()}
+             for name, m in got.items()}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"n": args.n, "seeds": args.seeds, "capacity_rps": cap, "load": 0.7, "cv": 3.0,

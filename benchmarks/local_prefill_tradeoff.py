@@ -10,9 +10,12 @@ round-robin, FlowGuard with no local prefill, and FlowGuard with local prefill c
 each of ``CAPS`` prompt tokens: the curve along which ``local_max_prompt`` trades goodput
 for tail. All variants run on the same workloads (bursty gamma arrivals, CV 3, at 70% of
 the shipped cluster's capacity), for each seed.
-Writes ``benchmarks/results/local_prefill_tradeoff.{json,md}``.
+Writes ``benchmarks/results/local_prefill_tradeoff.{json,md}``. The runs go through the
+tuner's machinery (``streamserve.tuning``: the same run function, runners and metrics as
+``streamserve tune``, which can search ``router.local_max_prompt`` itself); ``--workers``
+spreads them over processes.
 
-    PYTHONPATH=. python benchmarks/local_prefill_tradeoff.py [--n 10000] [--seeds 16]
+    PYTHONPATH=. python benchmarks/local_prefill_tradeoff.py [--n 10000] [--seeds 16] [--workers 2]
 """
 from __future__ import annotations
 
@@ -23,11 +26,11 @@ from pathlib import Path
 import numpy as np
 
 from streamserve.config import ClusterConfig, builtin_cluster
-from streamserve.experiments.ablate import DEFAULT_SLO, measure_capacity, scenario_workload
-from streamserve.metrics import summarize
-from streamserve.sim import run
+from streamserve.experiments.ablate import DEFAULT_SLO, measure_capacity
+from streamserve.tuning.evaluate import LONG_OUTPUT as LONG  # output tokens: every request in the p99 tail has more
+from streamserve.tuning.evaluate import WorkloadArgs
+from streamserve.tuning.runners import LocalPool, measure
 
-LONG = 1000  # output tokens: every request in the p99 E2E tail has more
 CAPS = (32, 64, 128, 512, 2048)  # local_max_prompt values compared
 
 
@@ -45,33 +48,29 @@ def variants(base: ClusterConfig) -> dict[str, ClusterConfig]:
     return out
 
 
-METRICS = ("p99_e2el_ms", "request_goodput", "long_tpot_ms", "long_ttft_ms", "local_share")
-
-
-def measure(cfg: ClusterConfig, wl, seed: int) -> dict[str, float]:
-    result = run(cfg, wl, seed)
-    s = summarize(result, DEFAULT_SLO)
-    done = [r for r in result.requests if r.generated > 1]
-    longs = [r for r in done if r.output_len > LONG]
-    return {"p99_e2el_ms": s["p99_e2el_ms"], "request_goodput": s["request_goodput"],
-            "long_tpot_ms": float(np.mean([r.tpot for r in longs])) * 1e3,
-            "long_ttft_ms": float(np.mean([r.ttft for r in longs])) * 1e3,
-            "local_share": float(np.mean([r.prefill_lane == r.decode_lane for r in done]))}
+# this script's names for the tuner's metrics
+METRICS = {"p99_e2el_ms": "p99_e2e", "request_goodput": "goodput", "long_tpot_ms": "long_tpot",
+           "long_ttft_ms": "long_ttft", "local_share": "local_share"}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=10000)
     ap.add_argument("--seeds", type=int, default=16)
+    ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "local_prefill_tradeoff"))
     args = ap.parse_args()
     base = builtin_cluster("streamserve")
-    per: dict[str, list[dict[str, float]]] = {}
-    for seed in range(args.seeds):
-        cap = measure_capacity(base, "paper", seed=seed)
-        wl = scenario_workload("paper", args.n, seed, rate=0.7 * cap, cv=3.0, slo=DEFAULT_SLO)
-        for name, cfg in variants(base).items():
-            per.setdefault(name, []).append(measure(cfg, wl, seed))
+    seeds = range(args.seeds)
+    rates = {seed: 0.7 * measure_capacity(base, "paper", seed=seed) for seed in seeds}
+    workload = WorkloadArgs("mix", num_requests=args.n, arrival="gamma", cv=3.0)  # the paper scenario
+    pool = LocalPool(args.workers)
+    try:
+        got = measure(pool, variants(base), workload, seeds, DEFAULT_SLO, list(METRICS.values()), rates=rates)
+    finally:
+        pool.close()
+    per = {name: [{key: m.per_seed[metric][i] for key, metric in METRICS.items()} for i in range(args.seeds)]
+           for name, m in got.items()}
     ref = per["round-robin"]
     summary = {}
     for name, runs in per.items():

@@ -172,6 +172,8 @@ def _register_subcommands() -> None:
 
     add_ablate_commands(main_group)
     add_live_commands(main_group)
+    from streamserve.tuning.commands import add_commands as add_tuning_commands
+    add_tuning_commands(main_group)
 
 
 _register_subcommands()

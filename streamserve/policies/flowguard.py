@@ -101,7 +101,7 @@ the scheduler holds the request.
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from typing import ClassVar, Mapping, Sequence
 
 from mypy_extensions import mypyc_attr
 
@@ -116,6 +116,10 @@ CORRECTION_BOUNDS = (0.25, 8.0)
 @mypyc_attr(allow_interpreted_subclasses=True)  # a policy of your own may subclass it
 class FlowGuard(Router):
     name = "flowguard"
+    # What `streamserve tune` may change, over what range (format: streamserve/tuning/space.py)
+    SEARCH_SPACE: ClassVar[dict[str, str]] = {
+        "w_latency": "float 0 2", "w_queue": "float 0 2", "w_util": "float 0 1", "w_kv": "float 0 2",
+        "w_accept": "float 0 1", "local_prefill": "choice true false", "local_max_prompt": "int 8 4096 log"}
 
     def __init__(self, perf: Mapping[int, LanePerf], w_latency: float = 1.0, w_queue: float = 0.2,
                  w_util: float = 0.1, w_kv: float = 0.5, w_accept: float = 0.1,

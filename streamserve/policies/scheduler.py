@@ -69,7 +69,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from typing import Mapping, Sequence
+from typing import ClassVar, Mapping, Sequence
 
 from mypy_extensions import mypyc_attr
 
@@ -130,6 +130,10 @@ class _Offer:
 @mypyc_attr(allow_interpreted_subclasses=True)  # a policy of your own may subclass it
 class StreamScheduler(Scheduler):
     name = "stream"
+    # What `streamserve tune` may change, over what range (format: streamserve/tuning/space.py)
+    SEARCH_SPACE: ClassVar[dict[str, str]] = {
+        "order": "choice fcfs spf edf", "backfill": "int 0 32", "lane_backlog_tokens": "int 256 16384 log",
+        "max_pending": "int 64 100000 log", "overload": "choice queue reject"}
 
     def __init__(self, router: Router, perf: Mapping[int, LanePerf] | None = None, order: str = "fcfs",
                  pairing: str = "independent", max_attempts: int = 3, max_pending: int | None = 100_000,

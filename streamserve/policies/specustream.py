@@ -63,7 +63,7 @@ signals". This module makes that precise:
 """
 from __future__ import annotations
 
-from typing import Mapping
+from typing import ClassVar, Mapping
 
 from mypy_extensions import mypyc_attr
 
@@ -137,6 +137,10 @@ class _LaneState:
 class SpecuStream(SpecPolicy):
     name = "specustream"
     REFRESH = 8  # steps a decision is reused while the batch keeps its size and class mix
+    # What `streamserve tune` may change, over what range (format: streamserve/tuning/space.py)
+    SEARCH_SPACE: ClassVar[dict[str, str]] = {
+        "prior_alpha": "float 0.3 0.95", "prior_strength": "float 1 64 log", "decay": "float 0.8 1",
+        "probe_every": "int 4 128 log", "switch_margin": "float 0 0.1", "objective": "choice latency throughput"}
 
     def __init__(self, perf: Mapping[int, LanePerf], k_max: int, prior_alpha: float = 0.6,
                  prior_strength: float = 8.0, decay: float = 0.97, probe_every: int = 32,
