@@ -4,6 +4,7 @@ field by field."""
 from __future__ import annotations
 
 import csv
+import importlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -246,9 +247,11 @@ def write_requests_parquet(requests: Sequence[Request], path: Path) -> None:
 
 
 def parquet_modules() -> tuple:
+    # importlib, not an import statement: this module is compiled, and mypyc's import
+    # takes a module that sys.modules blocks (None) as found
     try:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
+        pa = importlib.import_module("pyarrow")
+        pq = importlib.import_module("pyarrow.parquet")
     except ImportError:
         raise OSError("--out-format parquet needs pyarrow: pip install 'streamserve[parquet]' (or pyarrow)") from None
     return pa, pq

@@ -66,6 +66,21 @@ def _field(kind: str, message: str) -> str:
     return kind
 
 
+def _culprit(kind: str, params: Mapping[str, Any], build: Callable[[dict[str, Any]], Any]) -> str | None:
+    """The option that alone breaks the policy's build (``kind.key``), when one does.
+
+    Compiled policies have no signature to read types from, and their own type errors
+    name no parameter; building with one option at a time finds it."""
+    for key, value in params.items():
+        if key == "name":
+            continue
+        try:
+            build({"name": params.get("name"), key: value})
+        except PolicyError:
+            return f"{kind}.{key}"
+    return None
+
+
 def check_policies(cfg: ClusterConfig, origin: str, text: str | None = None) -> None:
     """Build the config's router, speculation policy and scheduler once; raise
     ``ConfigError`` naming ``origin``, the line and the field of the first problem."""
@@ -83,6 +98,11 @@ def check_policies(cfg: ClusterConfig, origin: str, text: str | None = None) -> 
             raise ConfigError(f"{where(problem.split(':', 1)[0])}: {problem}")
     perfs = lane_perfs(cfg)
     k_max = cfg.speculation.k_max if cfg.speculation.method != "none" else 0
+    builders: dict[str, Callable[[dict[str, Any]], Any]] = {
+        "router": lambda params: build_router(params, perfs),
+        "spec_policy": lambda params: build_spec_policy(params, perfs, k_max),
+        "scheduler": lambda params: build_scheduler(params, build_router({"name": "round_robin"}, perfs), perfs),
+    }
     kind = "router"
     try:
         router = build_router(cfg.router.model_dump(), perfs)
@@ -93,6 +113,10 @@ def check_policies(cfg: ClusterConfig, origin: str, text: str | None = None) -> 
     except PolicyError as e:
         message = str(e)
         field = _field(kind, message)
+        if field == kind:  # e.g. a compiled policy's own type error, which names no option
+            field = _culprit(kind, getattr(cfg, kind).model_dump(), builders[kind]) or kind
+            if field != kind:
+                raise ConfigError(f"{where(field)}: {field}: {message}") from None
         if field != kind and not message.startswith(field + ":"):
             message = f"{field}: {message.split(': ', 2)[2]}"
         elif field == kind:
