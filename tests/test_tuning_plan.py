@@ -11,7 +11,7 @@ from streamserve.cli import main
 from streamserve.config import builtin_cluster
 from streamserve.request import SLO
 from streamserve.tuning.evaluate import RunTask, WorkloadArgs, evaluate_run
-from streamserve.tuning.placement import placements, run_plan
+from streamserve.tuning.placement import fitting_tps, lane_perfs, placements, run_plan
 
 FIXED = "random:input_len=512,output_len=128,range_ratio=0"  # DistServe's fixed-length check
 SLO_ = SLO(0.5, 0.06)
@@ -87,18 +87,37 @@ def test_an_slo_no_placement_meets_is_a_plain_result(tmp_path, capsys):
 
 
 def test_a_budget_too_small_for_the_model_is_one_line(tmp_path, capsys):
-    profile = json.loads(resources.files("streamserve.profiles").joinpath("default-a100.json").read_text())
-    profile["gpus"]["A100-80GB"]["memory_gb"] = 20.0  # OPT-13B's 25.7 GB of weights need two of these
-    path = tmp_path / "small-gpu.json"
-    path.write_text(json.dumps(profile))
-    assert run_cli(["plan", "--gpus", "1", "--profile", str(path), "--workload", FIXED, "--slo", "ttft:500",
-                    "-q", "--out", str(tmp_path / "p")]) == 2
+    # Llama-3-70B's ~141 GB of weights need two A100-80GB (roofline: the profile has no entry)
+    assert run_cli(["plan", "--model", "llama-3-70b", "--gpu", "A100-80GB", "--gpus", "1", "--workload", FIXED,
+                    "--slo", "ttft:500", "-q", "--out", str(tmp_path / "p")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("Error: --gpus 1: opt-13b does not fit") and "needs TP 2" in err and err.count("\n") == 1
+    assert err.startswith("Error: --gpus 1: llama-3-70b does not fit") and "needs TP 2" in err and err.count("\n") == 1
+
+
+def test_plan_offers_every_power_of_two_tp_from_the_roofline_when_the_profile_has_none():
+    perfs = lane_perfs("llama-3-8b", "A800-40GB", None, 4)  # the paper's setting: no fitted entry
+    assert sorted(perfs) == [1, 2, 4] and all(p.source.startswith("roofline") for p in perfs.values())
+    assert fitting_tps(perfs, 0.9, 8192) == [1, 2, 4]
+    assert sorted(lane_perfs("llama-3-8b", "A800-40GB", None, 6)) == [1, 2, 4]
+    big = lane_perfs("llama-3-70b", "A800-40GB", None, 8)
+    assert fitting_tps(big, 0.9, 2048) == [4, 8]  # 141 GB of weights: not on 1 or 2 x 40 GB
+
+
+def test_a_fitted_profile_entry_wins_over_the_roofline_for_the_lane_role(tmp_path):
+    profile = json.loads(resources.files("streamserve.profiles").joinpath("default-a100.json").read_text())
+    entry = next(e for e in profile["entries"] if e["tp"] == 2)
+    entry["roles"]["prefill"]["prompt"]["overhead_ms"] = 123.0  # only the prefill role's prompt set
+    path = tmp_path / "edited.json"
+    path.write_text(json.dumps(profile))
+    prefill = lane_perfs("opt-13b", "A100-80GB", str(path), 8, role="prefill")
+    decode = lane_perfs("opt-13b", "A100-80GB", str(path), 8, role="decode")
+    assert sorted(prefill) == [1, 2, 4, 8]
+    assert all(prefill[tp].source.startswith("profile") for tp in (1, 2, 4)) and prefill[8].source.startswith("roofline")
+    assert prefill[2].prompt.overhead_ms == 123.0 and decode[2].prompt.overhead_ms != 123.0
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--model", "llama-7b"], "no entry for llama-7b"),
+    (["--model", "llama-7b"], "unknown model 'llama-7b'"),
     (["--slo", "ttft:-5"], "ttft"),
 ])
 def test_unknown_model_or_bad_slo_is_one_line(tmp_path, capsys, args, message):

@@ -25,20 +25,19 @@ from streamserve.tuning.errors import TuningError
 from streamserve.tuning.evaluate import RunTask, WorkloadArgs, evaluate_run
 
 
-def lane_perfs(model: str, gpu: str, profile: str | None, max_tp: int) -> dict[int, LanePerf]:
-    """The performance model of every tensor-parallel size up to ``max_tp`` known for
-    ``model`` on ``gpu``: the one place ``plan`` reads the performance model.
-
-    Today it reads a fitted profile (the shipped one when ``profile`` is None), which
-    has entries for listed TP sizes only; with a roofline over model and GPU specs
-    this becomes every power of two up to ``max_tp``, for any listed model and GPU.
-    """
+def lane_perfs(model: str, gpu: str, profile: str | None, max_tp: int, role: str = "decode") -> dict[int, LanePerf]:
+    """The performance model of a ``role`` lane of ``model`` on ``gpu`` at every
+    power-of-two tensor-parallel size up to ``max_tp``: the one place ``plan`` reads the
+    performance model. A fitted profile's entry wins where it has one (the shipped
+    profile when ``profile`` is None); every other size comes from the roofline over the
+    model and GPU specs, so any listed model and GPU can be planned without a profile.
+    Whether a size fits the model's memory is ``fitting_tps``'s question, not this one's."""
     prof = Profile.load(profile)
-    tps = sorted(tp for (m, g, tp) in prof.entries if m == model and g == gpu and tp <= max_tp)
-    if not tps:
-        have = ", ".join(sorted({f"{m} on {g}" for m, g, _ in prof.entries}))
-        raise TuningError(f"--model/--gpu: {prof.origin} has no entry for {model} on {gpu} (have: {have})")
-    return {tp: prof.lane(model, gpu, tp) for tp in tps}
+    tps = [1 << i for i in range(max_tp.bit_length()) if 1 << i <= max_tp]
+    try:
+        return {tp: prof.lane(model, gpu, tp, role=role) for tp in tps}
+    except ProfileError as e:
+        raise TuningError(f"--model/--gpu: {e}") from None
 
 
 @dataclass(frozen=True)
