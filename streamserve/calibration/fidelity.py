@@ -1,0 +1,222 @@
+"""`streamserve fidelity`: one workload live and in the simulator, compared.
+
+The live run goes through the front end of a live config (``live.Deployment``), with the
+policies of the config predicting with the calibrated profile. The simulator then runs
+the same cluster shape (``cluster_from_live``), the same policies and seed, the profile's
+fitted steps, KV link and acceptance, on the live run's *actual* arrival times, prompt
+lengths (as the engines tokenized them) and output lengths, so that what differs is the
+model of the engines, not the workload. Both sides are summarised by ``metrics.summarize``.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from streamserve.calibration import report
+from streamserve.calibration.live import Deployment
+from streamserve.calibration.profile import device_name, kv_bytes_per_token, model_spec_for
+from streamserve.config import ClusterConfig, EngineConfig, LaneConfig, LinkConfig, SpeculationConfig
+from streamserve.gpu.config import LiveConfig, PerfRef
+from streamserve.gpu.prompts import CODE_DATASETS
+from streamserve.metrics import LogHistogram, RunResult, summarize
+from streamserve.perfmodel import Profile, ProfileError
+from streamserve.request import State
+from streamserve.workload.base import Workload
+
+VLLM_MAX_NUM_BATCHED_TOKENS = 2048  # vLLM's SchedulerConfig default when the config does not set it
+VLLM_BLOCK_SIZE = 16
+
+
+class FidelityError(RuntimeError):
+    """The fidelity run cannot be carried out or compared (one line)."""
+
+
+@dataclass
+class Calibration:
+    """The ``calibration`` section of a profile written by ``streamserve calibrate``."""
+
+    path: Path
+    profile: Profile
+    link: dict[str, float]
+    acceptance: dict[str, float]
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Calibration":
+        profile = Profile.load(path)
+        data = json.loads(Path(path).read_text())
+        section = data.get("calibration")
+        if not isinstance(section, dict):
+            raise ProfileError(f"{path}: no 'calibration' section (write the profile with `streamserve calibrate`)")
+        link = section.get("link") or {}
+        return cls(Path(path), profile, {"bandwidth_gbps": float(link.get("bandwidth_gbps", 1e6)),
+                                         "latency_ms": float(link.get("latency_ms", 0.0))},
+                   {str(k): float(v) for k, v in (section.get("acceptance") or {}).items()})
+
+
+def check_profile_covers(cal: Calibration, model: str, gpu: str, tps: set[int]) -> None:
+    """A profile fitted on another model (or device, or TP) must not be used silently."""
+    for tp in sorted(tps):
+        if not cal.profile.has(model, gpu, tp):
+            held = ", ".join(f"{m} on {g} (tp {t})" for m, g, t in cal.profile.entries) or "nothing"
+            raise FidelityError(f"{cal.path}: no fitted entry for {model} on {gpu} (tp {tp}); it holds {held}: "
+                                "calibrate a profile of this model (`streamserve profile` then `streamserve calibrate`)")
+
+
+def _flag(args: list[str], name: str) -> int | None:
+    if name in args and args.index(name) + 1 < len(args):
+        return int(args[args.index(name) + 1])
+    return None
+
+
+def cluster_from_live(cfg: LiveConfig, cal: Calibration, model: str, gpu: str) -> ClusterConfig:
+    """The simulated twin of a live deployment: one lane per engine, the engines' batch
+    limits and KV capacity, the profile's fitted steps and KV link, the same policies."""
+    lanes = []
+    for e in cfg.engines:
+        engine: dict[str, Any] = {"max_num_seqs": e.max_num_seqs}
+        budget = _flag(e.extra_args, "--max-num-batched-tokens")
+        engine["max_num_batched_tokens"] = max(budget or VLLM_MAX_NUM_BATCHED_TOKENS, e.max_num_seqs)
+        lanes.append(LaneConfig(role=e.role, tp=e.tp, pair=e.pair, engine=engine))
+    engine_cfg: dict[str, Any] = {"block_size": cfg.block_size or VLLM_BLOCK_SIZE}
+    if cfg.device == "cpu":  # KV lives in VLLM_CPU_KVCACHE_SPACE, in the served dtype
+        engine_cfg["kv_capacity_tokens"] = cfg.cpu_kvcache_space_gib * 2**30 // kv_bytes_per_token(cfg)
+    else:
+        engine_cfg["gpu_memory_utilization"] = cfg.gpu_memory_utilization
+    spec = cfg.speculation
+    if spec.method == "none":
+        speculation = SpeculationConfig(method="none", k_max=spec.k_max)
+    elif spec.method == "ngram":
+        speculation = SpeculationConfig(method="ngram", k_max=spec.k_max)
+    else:
+        speculation = SpeculationConfig(method="draft", k_max=spec.k_max)
+    return ClusterConfig(
+        name=f"{cfg.name} (simulated)", model=model, gpu=gpu, profile=str(cal.path), engine=EngineConfig(**engine_cfg),
+        lanes=lanes, link=LinkConfig(**cal.link), speculation=speculation,
+        scheduler=cfg.scheduler, router=cfg.router, spec_policy=cfg.spec_policy)
+
+
+def prompt_class(dataset: str) -> str:
+    return "code" if dataset.lower() in CODE_DATASETS else "prose"
+
+
+def replay_workload(live: RunResult, workload: Workload, cal: Calibration) -> Workload:
+    """The simulator's workload: the live requests as they really arrived and ran."""
+    reqs = sorted(live.requests, key=lambda r: r.arrival)
+    alpha = {}
+    for name in workload.datasets:
+        fitted = cal.acceptance.get(prompt_class(name))
+        alpha[name] = fitted if fitted is not None else (float(np.mean(list(cal.acceptance.values())))
+                                                         if cal.acceptance else 0.0)
+    codes = {name: i for i, name in enumerate(workload.datasets)}
+    return Workload(
+        name=f"{workload.name} (live replay)",
+        prompt_len=np.array([r.prompt_len for r in reqs], dtype=np.int64),
+        output_len=np.array([max(1, r.generated) for r in reqs], dtype=np.int64),
+        arrival=np.array([max(0.0, r.arrival) for r in reqs], dtype=np.float64),
+        dataset=np.array([codes[r.dataset] for r in reqs], dtype=np.int16),
+        datasets=workload.datasets, alpha=alpha)
+
+
+def live_mean_k(dep: Deployment, since_wall: float) -> float:
+    """Drafts planned per decoding sequence and step: sum(k * B) / sum(B) over the
+    decode steps the speculating engines logged during the run."""
+    num = den = 0.0
+    for lane, role in dep.roles.items():
+        path = dep.step_log(lane)
+        if role == "prefill" or not path.is_file():
+            continue
+        for line in path.read_text().splitlines():
+            try:
+                s = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if s.get("t", 0.0) >= since_wall and s.get("decode_seqs", 0) > 0:
+                num += s["k"] * s["decode_seqs"]
+                den += s["decode_seqs"]
+    return num / den if den else math.nan
+
+
+def sim_mean_k(result: RunResult) -> float:
+    num = sum(float(ln.drafted) for ln in result.lanes if ln.role != "prefill")
+    den = sum(ln.steps * ln.mean_batch for ln in result.lanes if ln.role != "prefill")
+    return num / den if den else math.nan
+
+
+def _values(result: RunResult) -> dict[str, np.ndarray]:
+    done = [r for r in result.requests if r.state is State.FINISHED]
+    out = {"ttft": np.array([r.ttft for r in done]) * 1e3, "e2el": np.array([r.e2e for r in done]) * 1e3,
+           "tpot": np.array([r.tpot for r in done if r.generated > 1]) * 1e3}
+    out["itl"] = _hist_points(result.itl)
+    return out
+
+
+def _hist_points(h: LogHistogram) -> np.ndarray:
+    """ITLs are kept as a histogram: its percentiles 0.5..99.5 stand for the gaps."""
+    if h.n == 0:
+        return np.zeros(0)
+    return np.array([h.percentile(q) for q in np.arange(0.5, 100, 1.0)]) * 1e3
+
+
+def run_fidelity(cfg: LiveConfig, profile_path: Path, workload: Workload, out: Path, seed: int = 0,
+                 attach: bool = False, echo=print) -> dict[str, Any]:
+    """Run ``workload`` live and simulated; write table, plots and fidelity.json to ``out``."""
+    from streamserve.sim import run as simulate
+
+    cal = Calibration.load(profile_path)
+    model, gpu = model_spec_for(cfg), device_name(cfg)
+    check_profile_covers(cal, model, gpu, {e.tp for e in cfg.engines})
+    live_cfg = cfg.model_copy(update={"perf": PerfRef(profile=str(profile_path.resolve()), model=model, gpu=gpu),
+                                      "profile_steps": True})
+    out.mkdir(parents=True, exist_ok=True)
+    echo(f"live: {len(workload)} requests through {cfg.name}'s front end")
+    with Deployment(live_cfg, out / "engine-logs", attach=attach) as dep:
+        live, extra, wall0 = dep.send(workload, seed)
+        failed = [r for r in live.requests if r.state is not State.FINISHED]
+        if failed:
+            try:
+                dep.check_alive()
+            except Exception as e:  # an engine died: that is the cause to report
+                raise FidelityError(f"live run failed: {str(e).splitlines()[0]}") from None
+            raise FidelityError(f"live run failed: {len(failed)} of {len(live.requests)} requests did not finish "
+                                f"(first: {failed[0].reason})")
+        k_live = live_mean_k(dep, wall0)
+    cluster = cluster_from_live(live_cfg, cal, model, gpu)
+    echo("simulated: the same requests, arrival times and output lengths")
+    sim = simulate(cluster, replay_workload(live, workload, cal), seed)
+    s_live, s_sim = summarize(live), summarize(sim)
+    s_live.update(extra)
+    s_live["mean_k"], s_sim["mean_k"] = k_live, sim_mean_k(sim)
+    if cfg.speculation.method == "none":
+        s_live.pop("mean_k"), s_sim.pop("mean_k")
+    rows = report.comparison(s_live, s_sim)
+    title = f"{cfg.name}, {workload.name}"
+    plots = report.cdf_plots(_values(live), _values(sim), out, title)
+    result = {"config": cfg.name, "workload": workload.name, "requests": len(workload), "seed": seed,
+              "profile": str(profile_path), "rows": rows, "live": _plain(s_live), "sim": _plain(s_sim),
+              "cluster": cluster.model_dump(), "plots": [p.name for p in plots]}
+    (out / "fidelity.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
+    (out / "table.md").write_text(f"# {title} ({len(workload)} requests, seed {seed})\n\n"
+                                  + report.markdown_table(rows) + "\n")
+    return result
+
+
+def _plain(summary: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in summary.items() if isinstance(v, (int, float, str))}
+
+
+def bound_violations(rows: list[dict[str, Any]], bounds: dict[str, float]) -> list[str]:
+    """Rows whose |% error| exceeds their bound; ``bounds`` maps a stat or a metric key
+    (``mean``, ``p90``, ``mean_ttft_ms``, ``request_throughput``, ...) to a percentage; a
+    stat bound covers the latency rows, a key bound wins over it."""
+    bad = []
+    for r in rows:
+        stat = r["key"].split("_", 1)[0]
+        limit = bounds.get(r["key"], bounds.get(stat) if r["key"].endswith("_ms") else None)
+        if limit is not None and not math.isnan(r["error_pct"]) and abs(r["error_pct"]) > limit:
+            bad.append(f"{r['metric']}: {r['error_pct']:+.1f}% (bound {limit:g}%)")
+    return bad
