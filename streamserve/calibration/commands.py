@@ -153,7 +153,7 @@ def fidelity_cmd(config_path: str, profile_path: str, workload_spec: str | None,
     import numpy as np
 
     from streamserve.calibration.fidelity import bound_violations, run_fidelity
-    from streamserve.calibration.report import markdown_table
+    from streamserve.calibration.report import markdown_table, step_check_line
     from streamserve.gpu.config import load_live
     from streamserve.workload.resolve import resolve_workload
 
@@ -176,6 +176,7 @@ def fidelity_cmd(config_path: str, profile_path: str, workload_spec: str | None,
     except _user_errors() as e:
         _fail(str(e).splitlines()[0])
     click.echo(markdown_table(result["rows"]))
+    click.echo(step_check_line(result["live_step_check"]))
     click.echo(f"wrote {out_dir}/fidelity.json, table.md and {', '.join(result['plots'])}")
     bad = bound_violations(result["rows"], bounds)
     if bad:

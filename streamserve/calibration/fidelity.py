@@ -17,13 +17,14 @@ from typing import Any
 
 import numpy as np
 
-from streamserve.calibration import report
+from streamserve.calibration import records, report
+from streamserve.calibration.fit import PARAMS, design, predict
 from streamserve.calibration.live import Deployment
 from streamserve.calibration.profile import device_name, kv_bytes_per_token, model_spec_for
 from streamserve.config import ClusterConfig, EngineConfig, LaneConfig, LinkConfig, SpeculationConfig
 from streamserve.gpu.config import LiveConfig, PerfRef
 from streamserve.gpu.prompts import CODE_DATASETS
-from streamserve.metrics import LogHistogram, RunResult, summarize
+from streamserve.metrics import LogHistogram, RunResult, summarize, write_outputs
 from streamserve.perfmodel import Profile, ProfileError
 from streamserve.request import State
 from streamserve.workload.base import Workload
@@ -44,6 +45,7 @@ class Calibration:
     profile: Profile
     link: dict[str, float]
     acceptance: dict[str, float]
+    params: dict[str, float]  # the fit's coefficients by ``fit.PARAMS`` name (ms)
 
     @classmethod
     def load(cls, path: str | Path) -> "Calibration":
@@ -53,9 +55,18 @@ class Calibration:
         if not isinstance(section, dict):
             raise ProfileError(f"{path}: no 'calibration' section (write the profile with `streamserve calibrate`)")
         link = section.get("link") or {}
+        params = {name: 0.0 for name in PARAMS}
+        try:
+            role = data["entries"][0]["roles"]["*"]
+            for which in ("prompt", "decode"):
+                params.update({f"{which}.{k}": float(v) for k, v in role[which].items()})
+            params["draft_host_ms_per_seq"] = float(role.get("draft", {}).get("host_ms_per_seq", 0.0))
+            params.update({k: float(v) for k, v in section.get("connector_io", {}).items()})
+        except (KeyError, IndexError, TypeError, ValueError):
+            raise ProfileError(f"{path}: not a profile written by `streamserve calibrate` (entries[0].roles.*)") from None
         return cls(Path(path), profile, {"bandwidth_gbps": float(link.get("bandwidth_gbps", 1e6)),
                                          "latency_ms": float(link.get("latency_ms", 0.0))},
-                   {str(k): float(v) for k, v in (section.get("acceptance") or {}).items()})
+                   {str(k): float(v) for k, v in (section.get("acceptance") or {}).items()}, params)
 
 
 def check_profile_covers(cal: Calibration, model: str, gpu: str, tps: set[int]) -> None:
@@ -81,7 +92,7 @@ def cluster_from_live(cfg: LiveConfig, cal: Calibration, model: str, gpu: str) -
         engine: dict[str, Any] = {"max_num_seqs": e.max_num_seqs}
         budget = _flag(e.extra_args, "--max-num-batched-tokens")
         engine["max_num_batched_tokens"] = max(budget or VLLM_MAX_NUM_BATCHED_TOKENS, e.max_num_seqs)
-        lanes.append(LaneConfig(role=e.role, tp=e.tp, pair=e.pair, engine=engine))
+        lanes.append(LaneConfig(role=e.role, tp=e.tp, pair=e.pair, replicas=1, engine=engine))
     engine_cfg: dict[str, Any] = {"block_size": cfg.block_size or VLLM_BLOCK_SIZE}
     if cfg.device == "cpu":  # KV lives in VLLM_CPU_KVCACHE_SPACE, in the served dtype
         engine_cfg["kv_capacity_tokens"] = cfg.cpu_kvcache_space_gib * 2**30 // kv_bytes_per_token(cfg)
@@ -122,29 +133,56 @@ def replay_workload(live: RunResult, workload: Workload, cal: Calibration) -> Wo
         datasets=workload.datasets, alpha=alpha)
 
 
-def live_mean_k(dep: Deployment, since_wall: float) -> float:
-    """Drafts planned per decoding sequence and step: sum(k * B) / sum(B) over the
-    decode steps the speculating engines logged during the run."""
-    num = den = 0.0
+def live_steps(dep: Deployment, since_wall: float) -> list[records.StepRecord]:
+    """The steps every engine logged during the live run."""
+    steps = []
     for lane, role in dep.roles.items():
         path = dep.step_log(lane)
-        if role == "prefill" or not path.is_file():
+        if not path.is_file():
             continue
         for line in path.read_text().splitlines():
             try:
-                s = json.loads(line)
-            except json.JSONDecodeError:
+                raw = json.loads(line)
+                if raw.get("t", 0.0) >= since_wall and "prompt_tokens" in raw:
+                    steps.append(records.StepRecord.from_engine(raw, lane, role, "fidelity", "live"))
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
                 continue
-            if s.get("t", 0.0) >= since_wall and s.get("decode_seqs", 0) > 0:
-                num += s["k"] * s["decode_seqs"]
-                den += s["decode_seqs"]
-    return num / den if den else math.nan
+    return steps
 
 
-def sim_mean_k(result: RunResult) -> float:
-    num = sum(float(ln.drafted) for ln in result.lanes if ln.role != "prefill")
-    den = sum(ln.steps * ln.mean_batch for ln in result.lanes if ln.role != "prefill")
-    return num / den if den else math.nan
+def step_check(steps: list[records.StepRecord], cal: Calibration) -> dict[str, float]:
+    """The profile's step model on the live run's own steps: whether the engines ran as
+    fast during the run as while profiled (CPU contention shows here), apart from
+    everything outside the engines (front end, HTTP, queueing)."""
+    if not steps:
+        return {}
+    cols = records.columns(steps)
+    measured = cols["dt"] * 1e3
+    pred = predict(cal.params, design(cols))
+    ape = np.abs(pred - measured) / measured
+    return {"steps": len(steps), "median_abs_pct_error": float(100 * np.median(ape)),
+            "p90_abs_pct_error": float(100 * np.percentile(ape, 90)),
+            "busy_s_measured": float(measured.sum() / 1e3), "busy_s_predicted": float(pred.sum() / 1e3)}
+
+
+def live_spec_figures(steps: list[records.StepRecord]) -> dict[str, float]:
+    """Mean k (drafts planned per decoding sequence and step: sum(k * B) / sum(B)) and
+    accepted drafts per decoding sequence and step, over the decode engines' steps."""
+    dec = [s for s in steps if s.role != "prefill" and s.decode_seqs > 0]
+    seqs = sum(s.decode_seqs for s in dec)
+    if not seqs:
+        return {}
+    return {"mean_k": sum(s.k * s.decode_seqs for s in dec) / seqs,
+            "accepted_per_seq_step": sum(s.accepted for s in dec) / seqs}
+
+
+def sim_spec_figures(result: RunResult) -> dict[str, float]:
+    lanes = [ln for ln in result.lanes if ln.role != "prefill"]
+    seqs = sum(ln.steps * ln.mean_batch for ln in lanes)
+    if not seqs:
+        return {}
+    return {"mean_k": sum(float(ln.drafted) for ln in lanes) / seqs,
+            "accepted_per_seq_step": sum(float(ln.accepted) for ln in lanes) / seqs}
 
 
 def _values(result: RunResult) -> dict[str, np.ndarray]:
@@ -159,7 +197,7 @@ def _hist_points(h: LogHistogram) -> np.ndarray:
     """ITLs are kept as a histogram: its percentiles 0.5..99.5 stand for the gaps."""
     if h.n == 0:
         return np.zeros(0)
-    return np.array([h.percentile(q) for q in np.arange(0.5, 100, 1.0)]) * 1e3
+    return np.array([h.percentile(float(q)) for q in np.arange(0.5, 100, 1.0)]) * 1e3
 
 
 def run_fidelity(cfg: LiveConfig, profile_path: Path, workload: Workload, out: Path, seed: int = 0,
@@ -184,24 +222,27 @@ def run_fidelity(cfg: LiveConfig, profile_path: Path, workload: Workload, out: P
                 raise FidelityError(f"live run failed: {str(e).splitlines()[0]}") from None
             raise FidelityError(f"live run failed: {len(failed)} of {len(live.requests)} requests did not finish "
                                 f"(first: {failed[0].reason})")
-        k_live = live_mean_k(dep, wall0)
+        steps = live_steps(dep, wall0)
     cluster = cluster_from_live(live_cfg, cal, model, gpu)
     echo("simulated: the same requests, arrival times and output lengths")
     sim = simulate(cluster, replay_workload(live, workload, cal), seed)
     s_live, s_sim = summarize(live), summarize(sim)
     s_live.update(extra)
-    s_live["mean_k"], s_sim["mean_k"] = k_live, sim_mean_k(sim)
-    if cfg.speculation.method == "none":
-        s_live.pop("mean_k"), s_sim.pop("mean_k")
+    if cfg.speculation.method != "none":
+        s_live.update(live_spec_figures(steps))
+        s_sim.update(sim_spec_figures(sim))
+    check = step_check(steps, cal)
     rows = report.comparison(s_live, s_sim)
+    write_outputs(live, s_live, out / "live")
+    write_outputs(sim, s_sim, out / "sim")
     title = f"{cfg.name}, {workload.name}"
     plots = report.cdf_plots(_values(live), _values(sim), out, title)
     result = {"config": cfg.name, "workload": workload.name, "requests": len(workload), "seed": seed,
               "profile": str(profile_path), "rows": rows, "live": _plain(s_live), "sim": _plain(s_sim),
-              "cluster": cluster.model_dump(), "plots": [p.name for p in plots]}
+              "cluster": cluster.model_dump(), "plots": [p.name for p in plots], "live_step_check": check}
     (out / "fidelity.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
     (out / "table.md").write_text(f"# {title} ({len(workload)} requests, seed {seed})\n\n"
-                                  + report.markdown_table(rows) + "\n")
+                                  + report.markdown_table(rows) + "\n\n" + report.step_check_line(check) + "\n")
     return result
 
 

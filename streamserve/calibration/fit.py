@@ -176,6 +176,14 @@ def fit_steps(cols: dict[str, np.ndarray], seed: int = 0, holdout: float = 0.2) 
     assert best is not None
     v = np.zeros(len(PARAMS))
     v[free] = best.x
+    nf = len(STEP_FIELDS)
+    for which, off, rows in (("prompt", 0, x_tr["prompt"]), ("decode", nf, ~x_tr["prompt"])):
+        if rows.any() and not (v[off + 3] * x_tr["T"][rows] > v[off + 2]).any():
+            # No step of this set was compute-bound: only overhead + weights is determined, and
+            # compute_per_token only as "below weights / largest T". Keep the sum as overhead.
+            v[off] += v[off + 2]
+            v[off + 2] = v[off + 3] = 0.0
+            fixed += [f"{which}.weights_ms", f"{which}.compute_ms_per_token"]
     params = {name: float(val) for name, val in zip(PARAMS, v)}
     x_te = {k: val[test] for k, val in x_all.items()}
     y_te = y_all[test]

@@ -48,7 +48,9 @@ def residual_plot(fit: FitResult, path: Path, title: str) -> None:
 def coefficient_lines(fit: FitResult) -> list[str]:
     lines = []
     for name, value in fit.params.items():
-        note = "  (not determined by the data: fixed at 0)" if name in fit.fixed else ""
+        note = "  (not determined by the data: held at 0)" if name in fit.fixed else ""
+        if name in fit.fixed and name.endswith((".weights_ms", ".compute_ms_per_token")):
+            note = "  (no compute-bound step: the weight read is in overhead_ms)"
         lines.append(f"  {name:34s} {value:.6g}{note}")
     return lines
 
@@ -68,7 +70,8 @@ def comparison(live: dict[str, Any], sim: dict[str, Any]) -> list[dict[str, Any]
             rows.append({"metric": f"{label} {stat} (ms)", "key": name, "live": live[name], "sim": sim[name],
                          "error_pct": pct_error(sim[name], live[name])})
     for name, label in (("request_throughput", "throughput (req/s)"), ("output_throughput", "output tok/s"),
-                        ("mean_k", "mean k"), ("spec_acceptance_rate", "acceptance")):
+                        ("mean_k", "mean k"), ("accepted_per_seq_step", "accepted drafts per sequence-step"),
+                        ("spec_acceptance_rate", "acceptance (accepted / drafted)")):
         if name in live or name in sim:
             lv, sv = float(live.get(name, math.nan)), float(sim.get(name, math.nan))
             rows.append({"metric": label, "key": name, "live": lv, "sim": sv, "error_pct": pct_error(sv, lv)})
@@ -105,3 +108,11 @@ def cdf_plots(live: dict[str, np.ndarray], sim: dict[str, np.ndarray], folder: P
         plt.close(fig)
         paths.append(path)
     return paths
+
+
+def step_check_line(check: dict[str, Any]) -> str:
+    if not check:
+        return "No engine step was logged during the live run."
+    return (f"Step model on the live run's own {check['steps']} engine steps: median |error| "
+            f"{check['median_abs_pct_error']:.1f}%, p90 {check['p90_abs_pct_error']:.1f}%; engine busy time "
+            f"{check['busy_s_measured']:.1f} s measured, {check['busy_s_predicted']:.1f} s predicted.")
