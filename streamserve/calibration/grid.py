@@ -58,17 +58,18 @@ def build_grid(max_model_len: int, max_num_seqs: int, speculation: bool, size: s
     for rep in range(reps):
         for length in _lengths(16, longest):
             cells.append(Cell(f"prefill-{length}-r{rep}", "prefill", length, 2, 1, 1, classes[rep % len(classes)]))
-    batch_lengths = [n for n in _lengths(32, longest) if n in (32, 128, 512)] or [32]
+    batch_lengths = [n for n in _lengths(32, longest) if n in ((32, 128, 512) if size == "full" else (32, 128))] or [32]
     for m in (2, 4) if size == "ci" else (2, 4, 8):
         if m > max_num_seqs:
             continue
         for length in batch_lengths:
             cells.append(Cell(f"batch-{m}x{length}", "batch", length, 2, m, m, "prose"))
-    contexts = [64, min(256 if size == "ci" else 512, max_model_len // 2)]
+    contexts = [64, min(512 if size == "full" else 256, max_model_len // 2)]
     for b in batches:
         for ctx in contexts:
             if ctx + decode_out > max_model_len:
                 continue
-            for dataset in classes:
+            # acceptance per class is measured at the short context; the long one adds context only
+            for dataset in classes if ctx == contexts[0] or size == "full" else classes[:1]:
                 cells.append(Cell(f"decode-{b}x{ctx}-{dataset}", "decode", ctx, decode_out, b, b, dataset))
     return cells

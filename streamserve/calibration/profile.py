@@ -22,7 +22,7 @@ from streamserve.calibration.grid import Cell, build_grid
 from streamserve.calibration.kcycle import POLICY_NAME
 from streamserve.calibration.live import Deployment, model_folder
 from streamserve.config import PolicyConfig
-from streamserve.gpu.config import LiveConfig
+from streamserve.gpu.config import LiveConfig, PerfRef
 from streamserve.specs import MODELS, ModelSpec
 from streamserve.workload.base import Workload
 
@@ -81,7 +81,9 @@ def profiling_config(cfg: LiveConfig) -> LiveConfig:
     """``cfg`` with the profile run's changes: every step logged, k cycled on decoders,
     requests spread evenly (round robin, first come first served)."""
     update: dict[str, Any] = {"profile_steps": True, "scheduler": PolicyConfig(name="fcfs"),
-                              "router": PolicyConfig(name="round_robin")}
+                              "router": PolicyConfig(name="round_robin"),
+                              # the profile being made may be the one the config names: predict with the roofline
+                              "perf": PerfRef(profile=None, model=cfg.perf.model, gpu=cfg.perf.gpu)}
     if cfg.speculation.method != "none":
         update["spec_policy"] = PolicyConfig(name=POLICY_NAME)
     return cfg.model_copy(update=update)
@@ -155,9 +157,6 @@ def run_profile(cfg: LiveConfig, out: Path, size: str = "full", attach: bool = F
     run_cfg = cfg if attach else profiling_config(cfg)
     with Deployment(run_cfg, out / "engine-logs", attach=attach) as dep:
         tails = {lane: _LogTail(dep.step_log(lane)) for lane in dep.roles}
-        if attach and not any(t.path.is_file() for t in tails.values()):
-            raise ProfileRunError(f"--attach: no step log in {dep.log_dir} (start `streamserve serve` with "
-                                  "profile_steps: true)")
         for cell in todo:
             for tail in tails.values():
                 tail.skip_to_end()
@@ -171,6 +170,10 @@ def run_profile(cfg: LiveConfig, out: Path, size: str = "full", attach: bool = F
             time.sleep(SETTLE_S)
             steps = [records.StepRecord.from_engine(raw, lane, dep.roles[lane], cell.id, cell.dataset)
                      for lane, tail in tails.items() for raw in tail.new_lines() if "prompt_tokens" in raw]
+            if not steps:
+                where = f"{dep.log_dir} (a `streamserve serve` with profile_steps: true logs there)" if attach \
+                    else str(dep.log_dir)
+                raise ProfileRunError(f"cell {cell.id}: no engine logged a step in {where}")
             records.write_jsonl(out / records.STEPS, [records.as_row(s) for s in steps])
             records.write_jsonl(out / records.REQUESTS, [
                 {"cell": cell.id, "prompt_tokens": r.prompt_len, "output_tokens": r.generated,
