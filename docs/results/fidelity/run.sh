@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# The CPU fidelity measurements of docs/results/fidelity/README.md, as run (2-core machine,
+# no GPU, shared with other jobs: noisy). Engines run one set at a time across jobs
+# (`flock /tmp/vllm.lock`). Needs `streamserve models prepare smollm2`.
+#
+#   docs/results/fidelity/run.sh profile                    # profile + calibrate -> smollm2-profile.json
+#   N=200 docs/results/fidelity/run.sh pd "poisson:0.3 gamma:0.3"   # fidelity cells ARRIVAL:RATE
+#
+# The fidelity cells of one config share one `streamserve serve` (started here, stopped
+# at the end) and attach to it, so engines start once per config.
+set -euo pipefail
+cd "$(dirname "$0")/../../.."
+PY=${PYTHON:-python}
+D=docs/results/fidelity
+N=${N:-200}
+export VLLM_CPU_KVCACHE_SPACE=1 HF_HUB_OFFLINE=1
+log() { echo "+ streamserve $*" >> "$D/commands.txt"; }
+WL=(--workload mix --max-prompt-tokens 256 --max-output-tokens 32 --seed 0)
+
+cells() {  # $1: pd|coloc, $2: cells; runs while holding the engine lock
+  local cfg="$D/smollm2-$1.yaml" port
+  port=$("$PY" -c "import sys; from streamserve.gpu.config import load_live; print(load_live(sys.argv[1]).frontend.port)" "$cfg")
+  log serve --config "$cfg" "&"
+  "$PY" -m streamserve.cli serve --config "$cfg" > "/tmp/streamserve-i13-serve-$1.log" 2>&1 &
+  local serve_pid=$!
+  trap 'kill -TERM $serve_pid 2>/dev/null; wait $serve_pid 2>/dev/null || true' RETURN
+  until curl -sf "http://127.0.0.1:$port/health" > /dev/null; do
+    kill -0 $serve_pid 2>/dev/null || { echo "serve failed: /tmp/streamserve-i13-serve-$1.log"; return 1; }
+    sleep 2
+  done
+  for cell in $2; do
+    local arrival=${cell%%:*} rate=${cell##*:} extra=()
+    [ "$arrival" = gamma ] && extra=(--cv 3)
+    local out="$D/$1-$arrival-$rate"
+    log fidelity --config "$cfg" --profile "$D/smollm2-profile.json" "${WL[@]}" -n "$N" --rate "$rate" \
+      --arrival "$arrival" "${extra[@]}" --attach --out "$out"
+    "$PY" -m streamserve.cli fidelity --config "$cfg" --profile "$D/smollm2-profile.json" "${WL[@]}" -n "$N" \
+      --rate "$rate" --arrival "$arrival" "${extra[@]}" --attach --out "$out" | tee "$out.txt" || true
+  done
+}
+
+case "$1" in
+profile)
+  log profile --config "$D/smollm2-pd.yaml" --out "$D/profile-pd" --grid small
+  flock /tmp/vllm.lock "$PY" -m streamserve.cli profile --config "$D/smollm2-pd.yaml" --out "$D/profile-pd" --grid small
+  log calibrate "$D/profile-pd" --out "$D/smollm2-profile.json"
+  "$PY" -m streamserve.cli calibrate "$D/profile-pd" --out "$D/smollm2-profile.json" | tee "$D/calibrate.txt"
+  ;;
+pd|coloc)
+  export -f cells log; export PY D N
+  flock /tmp/vllm.lock bash -c "WL=(${WL[*]}); cells $1 '$2'"
+  ;;
+esac
