@@ -80,7 +80,7 @@ def calibrate_cmd(profile_dir: str, out_path: str, plot_path: str | None, seed: 
     import time
 
     from streamserve.calibration import records
-    from streamserve.calibration.fit import fit_steps, profile_json
+    from streamserve.calibration.fit import fit_steps, profile_json, request_overhead_ms
     from streamserve.calibration.report import coefficient_lines, residual_plot
     from streamserve.specs import MODELS
 
@@ -95,7 +95,12 @@ def calibrate_cmd(profile_dir: str, out_path: str, plot_path: str | None, seed: 
     spec_kv = MODELS[meta["perf_model"]].kv_bytes_per_token
     source = (f"streamserve calibrate {profile_dir} ({len(steps)} engine steps of {meta['served_model_name']} on "
               f"{meta['device']}, {platform.node()}, {time.strftime('%Y-%m-%d')})")
-    data = profile_json(fit, meta, spec_kv, source)
+    by_cell: dict[str, list] = {}
+    for step in steps:
+        by_cell.setdefault(step.cell, []).append(step)
+    requests_path = Path(profile_dir) / records.REQUESTS
+    overhead = request_overhead_ms(records.read_jsonl(requests_path), by_cell) if requests_path.is_file() else None
+    data = profile_json(fit, meta, spec_kv, source, overhead)
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(data, indent=1) + "\n")
@@ -108,6 +113,8 @@ def calibrate_cmd(profile_dir: str, out_path: str, plot_path: str | None, seed: 
         click.echo("acceptance per class: " + ", ".join(f"{k} {v:.3f}" for k, v in fit.acceptance.items()))
     link = data["calibration"]["link"]
     click.echo(f"KV link: latency {link['latency_ms']:.3f} ms, {link['bandwidth_gbps']:.3g} GB/s")
+    if overhead is not None:
+        click.echo(f"request overhead (client TTFT beyond the prefill steps, single prompts): {overhead:.1f} ms")
     click.echo(f"R^2 {fit.r2_train:.4f} (train), {fit.r2:.4f} (held out); held-out {fit.n_test} steps: "
                f"median |error| {100 * fit.median_ape:.1f}%, p90 {100 * fit.p90_ape:.1f}%")
     click.echo(f"wrote {out} and {png}")

@@ -46,6 +46,7 @@ class Calibration:
     link: dict[str, float]
     acceptance: dict[str, float]
     params: dict[str, float]  # the fit's coefficients by ``fit.PARAMS`` name (ms)
+    request_overhead_s: float = 0.0  # fit.request_overhead_ms, seconds
 
     @classmethod
     def load(cls, path: str | Path) -> "Calibration":
@@ -66,7 +67,8 @@ class Calibration:
             raise ProfileError(f"{path}: not a profile written by `streamserve calibrate` (entries[0].roles.*)") from None
         return cls(Path(path), profile, {"bandwidth_gbps": float(link.get("bandwidth_gbps", 1e6)),
                                          "latency_ms": float(link.get("latency_ms", 0.0))},
-                   {str(k): float(v) for k, v in (section.get("acceptance") or {}).items()}, params)
+                   {str(k): float(v) for k, v in (section.get("acceptance") or {}).items()}, params,
+                   float(section.get("request_overhead_ms") or 0.0) * 1e-3)
 
 
 def check_profile_covers(cal: Calibration, model: str, gpu: str, tps: set[int]) -> None:
@@ -116,7 +118,8 @@ def prompt_class(dataset: str) -> str:
 
 
 def replay_workload(live: RunResult, workload: Workload, cal: Calibration) -> Workload:
-    """The simulator's workload: the live requests as they really arrived and ran."""
+    """The simulator's workload: the live requests as they really arrived and ran, each
+    reaching the engines the profile's request overhead later."""
     reqs = sorted(live.requests, key=lambda r: r.arrival)
     alpha = {}
     for name in workload.datasets:
@@ -128,7 +131,7 @@ def replay_workload(live: RunResult, workload: Workload, cal: Calibration) -> Wo
         name=f"{workload.name} (live replay)",
         prompt_len=np.array([r.prompt_len for r in reqs], dtype=np.int64),
         output_len=np.array([max(1, r.generated) for r in reqs], dtype=np.int64),
-        arrival=np.array([max(0.0, r.arrival) for r in reqs], dtype=np.float64),
+        arrival=np.array([max(0.0, r.arrival) + cal.request_overhead_s for r in reqs], dtype=np.float64),
         dataset=np.array([codes[r.dataset] for r in reqs], dtype=np.int16),
         datasets=workload.datasets, alpha=alpha)
 
@@ -226,6 +229,8 @@ def run_fidelity(cfg: LiveConfig, profile_path: Path, workload: Workload, out: P
     cluster = cluster_from_live(live_cfg, cal, model, gpu)
     echo("simulated: the same requests, arrival times and output lengths")
     sim = simulate(cluster, replay_workload(live, workload, cal), seed)
+    for r in sim.requests:  # the client sent it that much earlier (calibrate's request overhead)
+        r.arrival -= cal.request_overhead_s
     s_live, s_sim = summarize(live), summarize(sim)
     s_live.update(extra)
     if cfg.speculation.method != "none":

@@ -236,7 +236,8 @@ def link_from_fit(params: dict[str, float], kv_bytes_per_token_spec: int) -> dic
     return {"bandwidth_gbps": bw, "latency_ms": params["handoff_ms"]}
 
 
-def profile_json(fit: FitResult, meta: dict[str, Any], kv_bytes_spec: int, source: str) -> dict[str, Any]:
+def profile_json(fit: FitResult, meta: dict[str, Any], kv_bytes_spec: int, source: str,
+                 overhead_ms: float | None = None) -> dict[str, Any]:
     """A version-2 profile (``streamserve/profiles/README.md``) holding the fit, with the
     link, acceptance and fit quality in a ``calibration`` section the simulator's
     ``fidelity`` run reads."""
@@ -251,6 +252,7 @@ def profile_json(fit: FitResult, meta: dict[str, Any], kv_bytes_spec: int, sourc
         "calibration": {
             "model_folder": meta["model"], "device": meta["device"], "dtype": meta.get("dtype"),
             "link": link_from_fit(fit.params, kv_bytes_spec), "acceptance": fit.acceptance,
+            "request_overhead_ms": overhead_ms,
             "connector_io": {k: fit.params[k] for k in EXTRA_FIELDS[1:]},
             "fixed_at_zero": fit.fixed,
             "held_out": {"steps": fit.n_test, "r2": fit.r2, "median_abs_pct_error": 100 * fit.median_ape,
@@ -258,3 +260,23 @@ def profile_json(fit: FitResult, meta: dict[str, Any], kv_bytes_spec: int, sourc
             "train_steps": fit.n_train,
         },
     }
+
+
+def request_overhead_ms(requests: list[dict[str, Any]], steps_by_cell: dict[str, list[Any]]) -> float | None:
+    """What a client waits for its first token beyond the engine steps that make it,
+    measured on the grid's single-prompt cells (one request alone in the deployment):
+    median of client TTFT minus the busy time of the steps carrying its prompt on the
+    engine that prefilled it. On a disaggregated deployment this is the front end's and
+    HTTP hops, the hand-off, and the decode engine's first step (where the client's first
+    token comes from); the simulator's TTFT ends with the prefill, so ``fidelity`` adds it
+    to each simulated request (arrival delayed by it)."""
+    gaps = []
+    for row in requests:
+        cell = str(row.get("cell", ""))
+        if not cell.startswith("prefill-") or cell not in steps_by_cell:
+            continue
+        prompt_steps = [s for s in steps_by_cell[cell] if s.prompt_tokens > 0 and s.role != "decode"]
+        ttft = float(row.get("ttft", math.nan))
+        if prompt_steps and ttft == ttft:
+            gaps.append(1e3 * (ttft - sum(s.dt for s in prompt_steps)))
+    return float(np.median(gaps)) if gaps else None

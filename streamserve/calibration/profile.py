@@ -157,6 +157,9 @@ def run_profile(cfg: LiveConfig, out: Path, size: str = "full", attach: bool = F
     run_cfg = cfg if attach else profiling_config(cfg)
     with Deployment(run_cfg, out / "engine-logs", attach=attach) as dep:
         tails = {lane: _LogTail(dep.step_log(lane)) for lane in dep.roles}
+        # Warm-up, not recorded: an engine's first steps of each shape compile kernels.
+        for warm in (Cell("warmup-1", "warmup", 64, 8, 1, 1, "prose"), Cell("warmup-4", "warmup", 128, 8, 4, 4, "code")):
+            dep.send(cell_workload(warm), seed)
         for cell in todo:
             for tail in tails.values():
                 tail.skip_to_end()

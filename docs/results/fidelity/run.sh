@@ -4,7 +4,8 @@
 # (`flock /tmp/vllm.lock`). Needs `streamserve models prepare smollm2`.
 #
 #   docs/results/fidelity/run.sh profile                    # profile + calibrate -> smollm2-profile.json
-#   N=200 docs/results/fidelity/run.sh pd "poisson:0.3 gamma:0.3"   # fidelity cells ARRIVAL:RATE
+#   docs/results/fidelity/run.sh pd "poisson:0.3:60 gamma:0.8:80"   # fidelity cells ARRIVAL:RATE:REQUESTS
+#   docs/results/fidelity/run.sh coloc-profile                       # the colocated engine's own profile
 #
 # The fidelity cells of one config share one `streamserve serve` (started here, stopped
 # at the end) and attach to it, so engines start once per config.
@@ -12,13 +13,13 @@ set -euo pipefail
 cd "$(dirname "$0")/../../.."
 PY=${PYTHON:-python}
 D=docs/results/fidelity
-N=${N:-200}
 export VLLM_CPU_KVCACHE_SPACE=1 HF_HUB_OFFLINE=1
 log() { echo "+ streamserve $*" >> "$D/commands.txt"; }
 WL=(--workload mix --max-prompt-tokens 256 --max-output-tokens 32 --seed 0)
 
 cells() {  # $1: pd|coloc, $2: cells; runs while holding the engine lock
-  local cfg="$D/smollm2-$1.yaml" port
+  local cfg="$D/smollm2-$1.yaml" port profile
+  profile=$("$PY" -c "import sys; from streamserve.gpu.config import load_live; print(load_live(sys.argv[1]).perf.profile)" "$cfg")
   port=$("$PY" -c "import sys; from streamserve.gpu.config import load_live; print(load_live(sys.argv[1]).frontend.port)" "$cfg")
   log serve --config "$cfg" "&"
   "$PY" -m streamserve.cli serve --config "$cfg" > "/tmp/streamserve-i13-serve-$1.log" 2>&1 &
@@ -29,12 +30,13 @@ cells() {  # $1: pd|coloc, $2: cells; runs while holding the engine lock
     sleep 2
   done
   for cell in $2; do
-    local arrival=${cell%%:*} rate=${cell##*:} extra=()
+    local arrival rate n extra=()
+    IFS=: read -r arrival rate n <<< "$cell"
     [ "$arrival" = gamma ] && extra=(--cv 3)
     local out="$D/$1-$arrival-$rate"
-    log fidelity --config "$cfg" --profile "$D/smollm2-profile.json" "${WL[@]}" -n "$N" --rate "$rate" \
+    log fidelity --config "$cfg" --profile "$profile" "${WL[@]}" -n "$n" --rate "$rate" \
       --arrival "$arrival" "${extra[@]}" --attach --out "$out"
-    "$PY" -m streamserve.cli fidelity --config "$cfg" --profile "$D/smollm2-profile.json" "${WL[@]}" -n "$N" \
+    "$PY" -m streamserve.cli fidelity --config "$cfg" --profile "$profile" "${WL[@]}" -n "$n" \
       --rate "$rate" --arrival "$arrival" "${extra[@]}" --attach --out "$out" | tee "$out.txt" || true
   done
 }
@@ -46,8 +48,14 @@ profile)
   log calibrate "$D/profile-pd" --out "$D/smollm2-profile.json"
   "$PY" -m streamserve.cli calibrate "$D/profile-pd" --out "$D/smollm2-profile.json" | tee "$D/calibrate.txt"
   ;;
+coloc-profile)
+  log profile --config "$D/smollm2-coloc.yaml" --out "$D/profile-coloc" --grid small
+  flock /tmp/vllm.lock "$PY" -m streamserve.cli profile --config "$D/smollm2-coloc.yaml" --out "$D/profile-coloc" --grid small
+  log calibrate "$D/profile-coloc" --out "$D/smollm2-coloc-profile.json"
+  "$PY" -m streamserve.cli calibrate "$D/profile-coloc" --out "$D/smollm2-coloc-profile.json" | tee "$D/calibrate-coloc.txt"
+  ;;
 pd|coloc)
-  export -f cells log; export PY D N
+  export -f cells log; export PY D
   flock /tmp/vllm.lock bash -c "WL=(${WL[*]}); cells $1 '$2'"
   ;;
 esac
