@@ -108,3 +108,31 @@ class Deployment:
 
 def _client_host(host: str) -> str:
     return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m streamserve.calibration.live --config live.yaml``: start the engines
+    (every one logging its steps to log_dir) and the front end of a config, and hold
+    them until SIGTERM/SIGINT, so that ``profile --attach`` and ``fidelity --attach``
+    can share one start-up (what docs/results/fidelity/run.sh does)."""
+    import argparse
+    import signal
+    import threading
+
+    from streamserve.gpu.config import load_live
+
+    parser = argparse.ArgumentParser(prog="python -m streamserve.calibration.live")
+    parser.add_argument("--config", required=True)
+    args = parser.parse_args(argv)
+    cfg = load_live(args.config)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    with Deployment(cfg, Path(cfg.log_dir)) as dep:
+        print(f"ready: {dep.endpoint}", flush=True)
+        while not stop.wait(1.0):
+            dep.check_alive()
+
+
+if __name__ == "__main__":
+    main()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -164,7 +165,9 @@ def run_profile(cfg: LiveConfig, out: Path, size: str = "full", attach: bool = F
             for tail in tails.values():
                 tail.skip_to_end()
             t0 = time.monotonic()
-            result, _, _ = dep.send(cell_workload(cell), seed)
+            # each cell its own prompts: a prefix shared with an earlier cell would be served from
+            # the prefix cache (and ExampleConnector would save only the part computed)
+            result, _, _ = dep.send(cell_workload(cell), seed + zlib.crc32(cell.id.encode()))
             failed = [r for r in result.requests if r.state.name != "FINISHED"]
             if failed:
                 dep.check_alive()
