@@ -93,3 +93,17 @@ def test_acceptance_per_class():
     assert got["code"] == pytest.approx(0.8, abs=0.05)
     assert got["prose"] == pytest.approx(0.4, abs=0.05)
     assert expected_accepted(0.5, np.array([2]))[0] == pytest.approx(0.75)
+
+
+def test_repeat_spread_is_the_noise_of_identical_steps():
+    from streamserve.calibration.fit import repeat_spread
+
+    cols = synthetic_steps(3000)
+    cols["tokens"] = cols["tokens"] % 7  # few shapes, many repeats
+    cols["prompt_tokens"] = cols["prompt_tokens"] % 3
+    cols["decode_seqs"] = cols["decode_seqs"] % 2
+    cols["kv_loaded"] = np.zeros(3000)
+    cols["dt"] = np.full(3000, 0.05)
+    assert repeat_spread(cols) == 0.0
+    cols["dt"] = 0.05 * np.exp(0.1 * np.random.default_rng(0).standard_normal(3000))
+    assert 0.05 < repeat_spread(cols) < 0.09  # median |dev| of a 10% log-normal spread: ~6.7%

@@ -45,6 +45,7 @@ class FitResult:
     r2_train: float
     seconds: float
     acceptance: dict[str, float] = field(default_factory=dict)  # per prompt class
+    noise_floor: float = math.nan  # repeat_spread(): what no step model can explain
     test_measured: np.ndarray = field(default_factory=lambda: np.zeros(0))
     test_predicted: np.ndarray = field(default_factory=lambda: np.zeros(0))
     test_prompt: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
@@ -193,8 +194,25 @@ def fit_steps(cols: dict[str, np.ndarray], seed: int = 0, holdout: float = 0.2) 
         params=params, fixed=fixed, n_train=len(train), n_test=len(test),
         r2=_r2(y_te, pred_te), median_ape=float(np.median(ape)), p90_ape=float(np.percentile(ape, 90)),
         r2_train=_r2(y_tr, predict(v, x_tr)), seconds=time.perf_counter() - t0,
-        acceptance=fit_acceptance(cols), test_measured=y_te, test_predicted=pred_te,
+        acceptance=fit_acceptance(cols), noise_floor=repeat_spread(cols), test_measured=y_te, test_predicted=pred_te,
         test_prompt=x_te["prompt"], test_tokens=x_te["T"])
+
+
+def repeat_spread(cols: dict[str, np.ndarray]) -> float:
+    """Median |dt - median dt of its group| / dt over steps whose shape repeats (same
+    role, tokens, prompt tokens, decoding sequences, hand-off or not; groups of >= 3):
+    how much steps that did the same work differ, i.e. the error floor no step model can
+    go below on this machine (CPU contention, other processes)."""
+    keys = np.stack([cols["tokens"], cols["prompt_tokens"], cols["decode_seqs"], cols["kv_loaded"] > 0,
+                     cols["role"] == "decode"], axis=1)
+    _, group = np.unique(keys, axis=0, return_inverse=True)
+    group = group.ravel()
+    dev = []
+    for g in np.unique(group):
+        dt = cols["dt"][group == g]
+        if len(dt) >= 3:
+            dev.append(np.abs(dt - np.median(dt)) / dt)
+    return float(np.median(np.concatenate(dev))) if dev else math.nan
 
 
 def _r2(y: np.ndarray, pred: np.ndarray) -> float:
@@ -257,6 +275,7 @@ def profile_json(fit: FitResult, meta: dict[str, Any], kv_bytes_spec: int, sourc
             "fixed_at_zero": fit.fixed,
             "held_out": {"steps": fit.n_test, "r2": fit.r2, "median_abs_pct_error": 100 * fit.median_ape,
                          "p90_abs_pct_error": 100 * fit.p90_ape},
+            "repeat_spread_pct": 100 * fit.noise_floor,
             "train_steps": fit.n_train,
         },
     }
