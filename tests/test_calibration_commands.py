@@ -157,7 +157,7 @@ def test_simulated_twin_has_the_live_shape_and_runs(tmp_path, capsys):
     assert cluster.engine_for(cluster.lanes[1]).max_num_batched_tokens == 1024
     assert cluster.engine_for(cluster.lanes[0]).max_num_seqs == 8
     assert cluster.engine.kv_capacity_tokens == 2**30 // (2 * 30 * 3 * 64 * 4)  # float32 KV
-    assert cluster.link.latency_ms == pytest.approx(0.8, rel=0.1)
+    assert cluster.link.latency_ms == cal.params["handoff_ms"] > 0  # the fitted hand-off cost is the link's latency
     assert (cluster.scheduler.name, cluster.router.name, cluster.spec_policy.name) == ("stream", "flowguard",
                                                                                          "specustream")
     from streamserve.workload.base import Workload

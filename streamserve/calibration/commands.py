@@ -114,9 +114,10 @@ def calibrate_cmd(profile_dir: str, out_path: str, plot_path: str | None, seed: 
     link = data["calibration"]["link"]
     click.echo(f"KV link: latency {link['latency_ms']:.3f} ms, {link['bandwidth_gbps']:.3g} GB/s")
     if overhead is not None:
-        click.echo(f"request overhead (client TTFT beyond the prefill steps, single prompts): {overhead:.1f} ms")
+        click.echo(f"request overhead (client TTFT beyond the steps that made the first token, single prompts): {overhead:.1f} ms")
     click.echo(f"R^2 {fit.r2_train:.4f} (train), {fit.r2:.4f} (held out); held-out {fit.n_test} steps: "
-               f"median |error| {100 * fit.median_ape:.1f}%, p90 {100 * fit.p90_ape:.1f}%")
+               f"median |error| {100 * fit.median_ape:.1f}%, p90 {100 * fit.p90_ape:.1f}%, total time "
+               f"{fit.busy_ratio:.3f} x measured")
     click.echo(f"repeatability: steps of the same shape differ from their median by {100 * fit.noise_floor:.1f}% "
                "(median): the error even a model predicting each shape's median would have")
     click.echo(f"wrote {out} and {png}")

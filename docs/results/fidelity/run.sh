@@ -32,8 +32,8 @@ cells() {  # $1: pd|coloc, $2: cells; runs while holding the engine lock
     sleep 2
   done
   if [ -n "${PROFILE_FIRST:-}" ]; then  # profile and calibrate on the same engines first
-    log profile --config "$cfg" --out "$D/profile-$1" --grid small --attach
-    "$PY" -m streamserve.cli profile --config "$cfg" --out "$D/profile-$1" --grid small --attach
+    log profile --config "$cfg" --out "$D/profile-$1" --grid "${GRID:-small}" --attach
+    "$PY" -m streamserve.cli profile --config "$cfg" --out "$D/profile-$1" --grid "${GRID:-small}" --attach
     log calibrate "$D/profile-$1" --out "$profile"
     "$PY" -m streamserve.cli calibrate "$D/profile-$1" --out "$profile" | tee "$D/calibrate-$1.txt"
   fi
@@ -65,7 +65,7 @@ coloc-profile)
   "$PY" -m streamserve.cli calibrate "$D/profile-coloc" --out "$D/smollm2-coloc-profile.json" | tee "$D/calibrate-coloc.txt"
   ;;
 pd|coloc)
-  export -f cells log; export PY D PROFILE_FIRST
+  export -f cells log; export PY D PROFILE_FIRST GRID
   flock /tmp/vllm.lock bash -c "WL=(${WL[*]}); cells $1 '$2'"
   ;;
 esac
