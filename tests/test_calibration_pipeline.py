@@ -34,8 +34,10 @@ def test_profile_calibrate_fidelity_on_the_tiny_model(tmp_path, capsys):
     prepare("tiny")
     data = {"name": "tiny-pd", "model": "tiny", "served_model_name": "tiny", "device": "cpu", "dtype": "float32",
             "block_size": 32, "max_model_len": 1024, "cpu_kvcache_space_gib": 1,
-            "engines": [{"role": "prefill", "port": free_port(), "max_num_seqs": 8},
-                        {"role": "decode", "port": free_port(), "max_num_seqs": 8}],
+            "engines": [{"role": "prefill", "port": free_port(), "max_num_seqs": 8,
+                         "extra_args": ["--no-enable-prefix-caching"]},
+                        {"role": "decode", "port": free_port(), "max_num_seqs": 8,
+                         "extra_args": ["--no-enable-prefix-caching"]}],
             "kv": {"shared_storage_path": str(tmp_path / "kv")},
             "speculation": {"method": "ngram", "k_max": 3, "prompt_lookup_min": 2, "prompt_lookup_max": 4},
             "scheduler": {"name": "stream"}, "router": {"name": "flowguard"}, "spec_policy": {"name": POLICY_NAME},
