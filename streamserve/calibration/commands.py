@@ -153,11 +153,13 @@ def _bounds(items: tuple[str, ...]) -> dict[str, float]:
 @click.option("--max-error", "max_error", multiple=True, metavar="PCT|KEY=PCT",
               help="Exit 1 when |% error| exceeds this: PCT for every latency stat, or mean=5, p90=10, "
                    "mean_ttft_ms=5, request_throughput=5 ...")
+@click.option("--replay-live", "replay_live", type=click.Path(file_okay=False), default=None,
+              help="Do not run live: simulate again the live run recorded in this earlier --out (another profile).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="fidelity-out", show_default=True)
 def fidelity_cmd(config_path: str, profile_path: str, workload_spec: str | None, fmt: str | None,
                  arrival: str | None, cv: float | None, strict: bool, num_requests: int | None, rate: float | None,
                  max_prompt_tokens: int | None, max_output_tokens: int | None, seed: int, attach: bool,
-                 max_error: tuple[str, ...], out_dir: str) -> None:
+                 max_error: tuple[str, ...], replay_live: str | None, out_dir: str) -> None:
     """Run a workload live and in the simulator (same shape, policies, seed, arrival times and
     output lengths) and compare: table with % error, CDF plots, fidelity.json."""
     import numpy as np
@@ -172,17 +174,21 @@ def fidelity_cmd(config_path: str, profile_path: str, workload_spec: str | None,
         cfg = load_live(config_path)
         if not Path(profile_path).is_file():
             raise FileNotFoundError(f"profile file not found: {profile_path}")
-        workload = resolve_workload(workload_spec, fmt=fmt, num_requests=num_requests, rate=rate, seed=seed,
-                                    arrival=arrival, cv=cv, strict=strict,
-                                    warn=lambda m: click.echo(f"warning: {m}", err=True))
-        if workload.arrival is None:
-            raise ValueError("fidelity needs open arrivals (a rate or a timed trace), not a closed loop")
-        if max_prompt_tokens is not None:
-            workload.prompt_len = np.minimum(workload.prompt_len, max_prompt_tokens)
-        if max_output_tokens is not None:
-            workload.output_len = np.minimum(workload.output_len, max_output_tokens)
-        result = run_fidelity(cfg, Path(profile_path), workload, Path(out_dir), seed=seed, attach=attach,
-                              echo=lambda m: click.echo(m, err=True))
+        if replay_live is not None:
+            result = run_fidelity(cfg, Path(profile_path), None, Path(out_dir), seed=seed,
+                                  echo=lambda m: click.echo(m, err=True), replay_live=Path(replay_live))
+        else:
+            workload = resolve_workload(workload_spec, fmt=fmt, num_requests=num_requests, rate=rate, seed=seed,
+                                        arrival=arrival, cv=cv, strict=strict,
+                                        warn=lambda m: click.echo(f"warning: {m}", err=True))
+            if workload.arrival is None:
+                raise ValueError("fidelity needs open arrivals (a rate or a timed trace), not a closed loop")
+            if max_prompt_tokens is not None:
+                workload.prompt_len = np.minimum(workload.prompt_len, max_prompt_tokens)
+            if max_output_tokens is not None:
+                workload.output_len = np.minimum(workload.output_len, max_output_tokens)
+            result = run_fidelity(cfg, Path(profile_path), workload, Path(out_dir), seed=seed, attach=attach,
+                                  echo=lambda m: click.echo(m, err=True))
     except _user_errors() as e:
         _fail(str(e).splitlines()[0])
     click.echo(markdown_table(result["rows"]))

@@ -9,6 +9,7 @@ model of the engines, not the workload. Both sides are summarised by ``metrics.s
 """
 from __future__ import annotations
 
+import csv
 import json
 import math
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from streamserve.gpu.config import LiveConfig, PerfRef
 from streamserve.gpu.prompts import CODE_DATASETS
 from streamserve.metrics import LogHistogram, RunResult, summarize, write_outputs
 from streamserve.perfmodel import Profile, ProfileError
-from streamserve.request import State
+from streamserve.request import Request, State
 from streamserve.workload.base import Workload
 
 VLLM_MAX_NUM_BATCHED_TOKENS = 2048  # vLLM's SchedulerConfig default when the config does not set it
@@ -117,23 +118,44 @@ def prompt_class(dataset: str) -> str:
     return "code" if dataset.lower() in CODE_DATASETS else "prose"
 
 
-def replay_workload(live: RunResult, workload: Workload, cal: Calibration) -> Workload:
+def replay_workload(live: RunResult, name: str, datasets: tuple[str, ...], cal: Calibration) -> Workload:
     """The simulator's workload: the live requests as they really arrived and ran, each
     reaching the engines the profile's request overhead later."""
     reqs = sorted(live.requests, key=lambda r: r.arrival)
     alpha = {}
-    for name in workload.datasets:
-        fitted = cal.acceptance.get(prompt_class(name))
-        alpha[name] = fitted if fitted is not None else (float(np.mean(list(cal.acceptance.values())))
-                                                         if cal.acceptance else 0.0)
-    codes = {name: i for i, name in enumerate(workload.datasets)}
+    for name_ in datasets:
+        fitted = cal.acceptance.get(prompt_class(name_))
+        alpha[name_] = fitted if fitted is not None else (float(np.mean(list(cal.acceptance.values())))
+                                                          if cal.acceptance else 0.0)
+    codes = {d: i for i, d in enumerate(datasets)}
     return Workload(
-        name=f"{workload.name} (live replay)",
+        name=f"{name} (live replay)",
         prompt_len=np.array([r.prompt_len for r in reqs], dtype=np.int64),
         output_len=np.array([max(1, r.generated) for r in reqs], dtype=np.int64),
         arrival=np.array([max(0.0, r.arrival) + cal.request_overhead_s for r in reqs], dtype=np.float64),
         dataset=np.array([codes[r.dataset] for r in reqs], dtype=np.int16),
-        datasets=workload.datasets, alpha=alpha)
+        datasets=datasets, alpha=alpha)
+
+
+def load_live_run(folder: Path) -> tuple[RunResult, dict[str, Any], dict[str, Any]]:
+    """The live side of an earlier fidelity run (``DIR/live/requests.csv`` and
+    ``DIR/fidelity.json``), to simulate it again with another profile (``--replay-live``)."""
+    try:
+        data = json.loads((folder / "fidelity.json").read_text())
+        with open(folder / "live" / "requests.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        reqs = []
+        for row in rows:
+            r = Request(id=int(row["id"]), arrival=float(row["arrival"]), prompt_len=int(row["prompt_len"]),
+                        output_len=int(row["output_len"]), dataset=row["dataset"])
+            r.generated, r.state = int(row["generated"]), State(row["state"])
+            r.first_token = float(row["first_token"] or "nan")
+            r.finish = float(row["finish"] or "nan")
+            reqs.append(r)
+        live = RunResult(requests=reqs, duration=float(data["live"]["duration"]), itl=LogHistogram())
+    except (OSError, json.JSONDecodeError, KeyError, ValueError) as e:
+        raise FidelityError(f"{folder}: not a fidelity run with its live side ({type(e).__name__}: {e})") from None
+    return live, data["live"], data.get("live_step_check") or {}
 
 
 def live_steps(dep: Deployment, since_wall: float) -> list[records.StepRecord]:
@@ -203,9 +225,10 @@ def _hist_points(h: LogHistogram) -> np.ndarray:
     return np.array([h.percentile(float(q)) for q in np.arange(0.5, 100, 1.0)]) * 1e3
 
 
-def run_fidelity(cfg: LiveConfig, profile_path: Path, workload: Workload, out: Path, seed: int = 0,
-                 attach: bool = False, echo=print) -> dict[str, Any]:
-    """Run ``workload`` live and simulated; write table, plots and fidelity.json to ``out``."""
+def run_fidelity(cfg: LiveConfig, profile_path: Path, workload: Workload | None, out: Path, seed: int = 0,
+                 attach: bool = False, echo=print, replay_live: Path | None = None) -> dict[str, Any]:
+    """Run ``workload`` live and simulated (or simulate the live run recorded in
+    ``replay_live`` again); write table, plots and fidelity.json to ``out``."""
     from streamserve.sim import run as simulate
 
     cal = Calibration.load(profile_path)
@@ -214,6 +237,23 @@ def run_fidelity(cfg: LiveConfig, profile_path: Path, workload: Workload, out: P
     live_cfg = cfg.model_copy(update={"perf": PerfRef(profile=str(profile_path.resolve()), model=model, gpu=gpu),
                                       "profile_steps": True})
     out.mkdir(parents=True, exist_ok=True)
+    if replay_live is not None:
+        live, s_live, _ = load_live_run(replay_live)
+        saved = replay_live / "live" / "steps.jsonl"  # the check is redone with this profile, when it can be
+        check = step_check([records.StepRecord(**row) for row in records.read_jsonl(saved)], cal) \
+            if saved.is_file() else {}
+        echo(f"live: the {len(live.requests)} requests recorded in {replay_live}")
+        datasets = tuple(sorted({r.dataset for r in live.requests}))
+        cluster = cluster_from_live(live_cfg, cal, model, gpu)
+        sim = simulate(cluster, replay_workload(live, str(s_live.get("workload", "replay")), datasets, cal), seed)
+        for r in sim.requests:
+            r.arrival -= cal.request_overhead_s
+        s_sim = summarize(sim)
+        if cfg.speculation.method != "none":
+            s_sim.update(sim_spec_figures(sim))
+        return _write(cfg, cluster, live, sim, s_live, s_sim, check, str(s_live.get("workload", "replay")),
+                      len(live.requests), seed, profile_path, out)
+    assert workload is not None
     echo(f"live: {len(workload)} requests through {cfg.name}'s front end")
     with Deployment(live_cfg, out / "engine-logs", attach=attach) as dep:
         live, extra, wall0 = dep.send(workload, seed)
@@ -228,7 +268,7 @@ def run_fidelity(cfg: LiveConfig, profile_path: Path, workload: Workload, out: P
         steps = live_steps(dep, wall0)
     cluster = cluster_from_live(live_cfg, cal, model, gpu)
     echo("simulated: the same requests, arrival times and output lengths")
-    sim = simulate(cluster, replay_workload(live, workload, cal), seed)
+    sim = simulate(cluster, replay_workload(live, workload.name, workload.datasets, cal), seed)
     for r in sim.requests:  # the client sent it that much earlier (calibrate's request overhead)
         r.arrival -= cal.request_overhead_s
     s_live, s_sim = summarize(live), summarize(sim)
@@ -237,16 +277,26 @@ def run_fidelity(cfg: LiveConfig, profile_path: Path, workload: Workload, out: P
         s_live.update(live_spec_figures(steps))
         s_sim.update(sim_spec_figures(sim))
     check = step_check(steps, cal)
-    rows = report.comparison(s_live, s_sim)
+    s_live["workload"] = workload.name
     write_outputs(live, s_live, out / "live")
+    (out / "live" / "steps.jsonl").unlink(missing_ok=True)
+    records.write_jsonl(out / "live" / "steps.jsonl", [records.as_row(st) for st in steps])
+    return _write(cfg, cluster, live, sim, s_live, s_sim, check, workload.name, len(workload), seed, profile_path,
+                  out)
+
+
+def _write(cfg: LiveConfig, cluster: ClusterConfig, live: RunResult, sim: RunResult, s_live: dict[str, Any],
+           s_sim: dict[str, Any], check: dict[str, Any], workload_name: str, n: int, seed: int, profile_path: Path,
+           out: Path) -> dict[str, Any]:
+    rows = report.comparison(s_live, s_sim)
     write_outputs(sim, s_sim, out / "sim")
-    title = f"{cfg.name}, {workload.name}"
+    title = f"{cfg.name}, {workload_name}"
     plots = report.cdf_plots(_values(live), _values(sim), out, title)
-    result = {"config": cfg.name, "workload": workload.name, "requests": len(workload), "seed": seed,
+    result = {"config": cfg.name, "workload": workload_name, "requests": n, "seed": seed,
               "profile": str(profile_path), "rows": rows, "live": _plain(s_live), "sim": _plain(s_sim),
               "cluster": cluster.model_dump(), "plots": [p.name for p in plots], "live_step_check": check}
     (out / "fidelity.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
-    (out / "table.md").write_text(f"# {title} ({len(workload)} requests, seed {seed})\n\n"
+    (out / "table.md").write_text(f"# {title} ({n} requests, seed {seed})\n\n"
                                   + report.markdown_table(rows) + "\n\n" + report.step_check_line(check) + "\n")
     return result
 

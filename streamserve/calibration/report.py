@@ -112,7 +112,7 @@ def cdf_plots(live: dict[str, np.ndarray], sim: dict[str, np.ndarray], folder: P
 
 def step_check_line(check: dict[str, Any]) -> str:
     if not check:
-        return "No engine step was logged during the live run."
+        return "No engine step of the live run to check the step model on (none logged, or not kept)."
     return (f"Step model on the live run's own {check['steps']} engine steps: median |error| "
             f"{check['median_abs_pct_error']:.1f}%, p90 {check['p90_abs_pct_error']:.1f}%; engine busy time "
             f"{check['busy_s_measured']:.1f} s measured, {check['busy_s_predicted']:.1f} s predicted.")
