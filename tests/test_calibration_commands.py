@@ -208,3 +208,31 @@ def test_gpu_fidelity_script_dry_run(tmp_path):
     cfg = load_live(tmp_path / "out" / "live.yaml")
     assert cfg.device == "cuda" and cfg.perf.gpu == "H100" and cfg.perf.profile == str(tmp_path / "out" / "profile.json")
     assert cfg.profile_steps
+
+
+def test_fidelity_replays_a_recorded_live_run_with_another_profile(tmp_path, capsys):
+    from streamserve.metrics import LogHistogram, RunResult, summarize, write_outputs
+    from streamserve.request import Request, State
+
+    folder = profile_dir(tmp_path)
+    prof = tmp_path / "p.json"
+    assert run_cli(["calibrate", str(folder), "--out", str(prof)], capsys)[0] == 0
+    path, _ = live_config(tmp_path)
+    reqs = []
+    for i in range(12):  # a recorded live run: arrivals 1 s apart, 0.3 s to the first token, 20 tokens
+        r = Request(id=i, arrival=float(i), prompt_len=100, output_len=20, dataset="humaneval" if i % 2 else "alpaca")
+        r.first_token, r.finish, r.generated, r.state = i + 0.3, i + 2.0, 20, State.FINISHED
+        reqs.append(r)
+    live = RunResult(requests=reqs, duration=13.0, itl=LogHistogram())
+    recorded = tmp_path / "recorded"
+    write_outputs(live, summarize(live), recorded / "live")
+    (recorded / "fidelity.json").write_text(json.dumps({"live": {**summarize(live), "workload": "w"}}))
+    code, out, _ = run_cli(["fidelity", "--config", str(path), "--profile", str(prof), "--replay-live",
+                            str(recorded), "--out", str(tmp_path / "again")], capsys)
+    assert code == 0, out
+    result = json.loads((tmp_path / "again" / "fidelity.json").read_text())
+    assert result["sim"]["completed"] == 12 and result["live"]["mean_ttft_ms"] == pytest.approx(300.0)
+    assert {r["key"] for r in result["rows"]} >= {"mean_ttft_ms", "p90_e2el_ms", "request_throughput"}
+    code, _, err = run_cli(["fidelity", "--config", str(path), "--profile", str(prof), "--replay-live",
+                            str(tmp_path / "nothing")], capsys)
+    assert code == 2 and "not a fidelity run" in err
