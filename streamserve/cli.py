@@ -169,11 +169,13 @@ def _register_subcommands() -> None:
     """Commands that live with the code they run."""
     from streamserve.experiments.ablate import add_commands as add_ablate_commands
     from streamserve.gpu.commands import add_commands as add_live_commands
+    from streamserve.calibration.commands import add_commands as add_calibration_commands
 
     add_ablate_commands(main_group)
     add_live_commands(main_group)
     from streamserve.tuning.commands import add_commands as add_tuning_commands
     add_tuning_commands(main_group)
+    add_calibration_commands(main_group)
 
 
 _register_subcommands()

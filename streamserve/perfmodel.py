@@ -176,6 +176,19 @@ def _step_coeffs(d: Any, where: str) -> StepCoeffs:
     return StepCoeffs(**values)
 
 
+def _draft_coeffs(d: Any, where: str) -> DraftCoeffs:
+    fields = ("host_ms_per_seq", "pass_overhead_ms", "pass_weights_ms", "pass_ms_per_token", "pass_per_ctx_ms")
+    if not isinstance(d, dict) or not isinstance(d.get("method"), str) or set(d) - {"method", *fields}:
+        raise ProfileError(f"{where}: expected method and any of {', '.join(fields)}")
+    try:
+        values = {f: float(d.get(f, 0.0)) for f in fields}
+    except (TypeError, ValueError):
+        raise ProfileError(f"{where}: fields must be numbers") from None
+    if not all(v >= 0 for v in values.values()):
+        raise ProfileError(f"{where}: coefficients must be >= 0")
+    return DraftCoeffs(d["method"], **values)
+
+
 class Profile:
     """A parsed profile file: fitted coefficient sets by (model, GPU, TP) and lane role."""
 
@@ -193,6 +206,7 @@ class Profile:
             raise ProfileError(f"{origin}: field 'version' is {version!r}; this streamserve reads version {PROFILE_VERSION}")
         self.source: str = str(data.get("source", ""))
         self.entries: dict[tuple[str, str, int], dict[str, tuple[StepCoeffs, StepCoeffs]]] = {}
+        self.drafts: dict[tuple[tuple[str, str, int], str], DraftCoeffs] = {}
         for i, entry in enumerate(data.get("entries", [])):
             where = f"{origin}: entries[{i}]"
             try:
@@ -211,6 +225,8 @@ class Profile:
                 given = {name: _step_coeffs(body[name], f"{where}.roles.{role}.{name}")
                          for name in ("prompt", "decode") if name in body}
                 sets[role] = (given.get("prompt") or given["decode"], given.get("decode") or given["prompt"])
+                if "draft" in body:  # a fitted draft cost (streamserve calibrate), used for its method
+                    self.drafts[(key, role)] = _draft_coeffs(body["draft"], f"{where}.roles.{role}.draft")
             self.entries[key] = sets
 
     @classmethod
@@ -248,6 +264,9 @@ class Profile:
         sets = self.entries.get((model, gpu, tp))
         if sets is not None and (role in sets or "*" in sets):
             prompt, decode = sets.get(role) or sets["*"]
+            fitted = self.drafts.get(((model, gpu, tp), role if role in sets else "*"))
+            if fitted is not None and fitted.method == draft_c.method:
+                draft_c = fitted
             return LanePerf(mspec, gspec, tp, prompt, decode, draft_c, source=f"profile {self.origin}")
         step = step_coeffs(mspec, gspec, tp)
         return LanePerf(mspec, gspec, tp, step, step, draft_c, source=f"roofline {gpu} eff {gspec.efficiency}")

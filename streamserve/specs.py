@@ -94,6 +94,9 @@ MODELS: dict[str, ModelSpec] = {m.name: m for m in (
     _m("llama-68m", "JackFram/llama-68m", 2, 768, 12, 12, 3072, 32000, 2048),
     _m("llama-3.2-1b", "meta-llama/Llama-3.2-1B", 16, 2048, 32, 8, 8192, 128256, 131072, tied=True),
     _m("qwen2.5-0.5b", "Qwen/Qwen2.5-0.5B-Instruct", 24, 896, 14, 2, 4864, 151936, 32768, tied=True),
+    # Small models the live runtime runs on a CPU (`streamserve models prepare`), for calibration.
+    _m("smollm2-135m", "HuggingFaceTB/SmolLM2-135M-Instruct", 30, 576, 9, 3, 1536, 49152, 8192, tied=True),
+    _m("tiny-random", "streamserve/gpu/models.py build_tiny (random weights)", 2, 128, 2, 1, 256, 2048, 4096),
 )}
 
 # The draft model vLLM users pair with each target family (same tokenizer).
@@ -120,6 +123,11 @@ GPUS: dict[str, GpuSpec] = {g.name: g for g in (
     GpuSpec("L40S", "NVIDIA L40S datasheet: 362 TFLOPS BF16 dense (733 with sparsity), 864 GB/s GDDR6, "
             "48 GB; no NVLink: PCIe 4.0 x16, 32 GB/s per direction", 362.0, 864.0, 48.0, 32.0, "PCIe 4.0 x16",
             25.0, 0.6),
+    # A CPU host running vLLM's CPU build: only fitted profiles are meant for it (its roofline is an
+    # order-of-magnitude stand-in: ~0.1 TFLOP/s fp32 and ~10 GB/s for one or two cores of the 2-core
+    # machine the results in docs/results/fidelity/ come from; KV lives in VLLM_CPU_KVCACHE_SPACE).
+    GpuSpec("cpu", "a CPU host (vLLM CPU build); estimates, see the comment above", 0.1, 10.0, 24.0, 10.0,
+            "host memory", 10.0, 1.0),
 )}
 
 

@@ -33,6 +33,7 @@ from vllm.v1.core.sched.scheduler import Scheduler
 
 from streamserve.gpu.policyload import build_engine_spec_policy
 from streamserve.gpu.protocol import CLASS_KEY
+from streamserve.gpu.steplog import step_shape
 from streamserve.policies.base import SpecPolicy, StepObservation
 
 
@@ -136,6 +137,7 @@ class SpecuStreamScheduler(Scheduler):
         self._drafted = 0
         self._accepted = 0
         self._by_class: dict[str, list[int]] = {}  # class -> [drafted, accepted] in the step being updated
+        self._shape: dict[str, int] = {}  # step_shape of the step in flight (profile_steps)
         self.dynamic_sd_lookup = _PolicyLookup(self)  # type: ignore[assignment]
 
     # ------------------------------------------------------------ decisions
@@ -185,7 +187,9 @@ class SpecuStreamScheduler(Scheduler):
     def schedule(self, *args: Any, **kwargs: Any):  # type: ignore[override]
         self._k_prev = self._k_now
         self._step_start = time.monotonic()
-        return super().schedule(*args, **kwargs)
+        out = super().schedule(*args, **kwargs)
+        self._shape = step_shape(self, out) if self.steps_path is not None else {}
+        return out
 
     def make_spec_decoding_stats(self, spec_decoding_stats, num_draft_tokens: int,  # type: ignore[override]
                                  num_accepted_tokens: int, num_invalid_spec_tokens, request_id: str):
@@ -212,7 +216,7 @@ class SpecuStreamScheduler(Scheduler):
         if self.steps_path is not None:
             self._log_step({"dt": duration, "tokens": scheduler_output.total_num_scheduled_tokens, "batch": batch,
                             "k": self._k_prev, "context": self._context_tokens(), "drafted": self._drafted,
-                            "accepted": self._accepted})
+                            "accepted": self._accepted, "t": time.time(), **self._shape})
         self.spec_policy.observe(StepObservation(
             lane_id=self.lane_id, k=self._k_prev, batch_size=batch, context_tokens=self._context_tokens(),
             drafted=self._drafted, accepted=self._accepted, step_time=duration, now=end - self._t0,

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# The CPU fidelity measurements of docs/results/fidelity/README.md, as run (2-core machine,
+# no GPU, shared with other jobs: noisy). Engines run one set at a time across jobs
+# (`flock /tmp/vllm.lock`). Needs `streamserve models prepare smollm2`.
+#
+#   docs/results/fidelity/run.sh profile                    # profile + calibrate -> smollm2-profile.json
+#   docs/results/fidelity/run.sh pd "poisson:0.3:60 gamma:0.8:80"   # fidelity cells ARRIVAL:RATE:REQUESTS
+#   docs/results/fidelity/run.sh coloc-profile                       # the colocated engine's own profile
+#   PROFILE_FIRST=1 docs/results/fidelity/run.sh pd "CELLS"          # profile --attach + calibrate on the
+#       same engines first (what was run: one start-up for all; k then follows the config's SpecuStream)
+#
+# The fidelity cells of one config share one `streamserve serve` (started here, stopped
+# at the end) and attach to it, so engines start once per config.
+set -euo pipefail
+cd "$(dirname "$0")/../../.."
+PY=${PYTHON:-python}
+D=docs/results/fidelity
+export VLLM_CPU_KVCACHE_SPACE=1 HF_HUB_OFFLINE=1
+log() { echo "+ streamserve $*" >> "$D/commands.txt"; }
+WL=(--workload mix --max-prompt-tokens 256 --max-output-tokens 32)
+
+cells() {  # $1: pd|coloc, $2: cells; runs while holding the engine lock
+  local cfg="$D/smollm2-$1.yaml" port profile
+  profile=$("$PY" -c "import sys; from streamserve.gpu.config import load_live; print(load_live(sys.argv[1]).perf.profile)" "$cfg")
+  port=$("$PY" -c "import sys; from streamserve.gpu.config import load_live; print(load_live(sys.argv[1]).frontend.port)" "$cfg")
+  log "(python -m streamserve.calibration.live --config $cfg &: engines and front end, every engine logging steps)"
+  "$PY" -m streamserve.calibration.live --config "$cfg" > "/tmp/streamserve-i13-serve-$1.log" 2>&1 &
+  local serve_pid=$!
+  trap 'kill -TERM $serve_pid 2>/dev/null; wait $serve_pid 2>/dev/null || true' RETURN
+  until curl -sf "http://127.0.0.1:$port/health" > /dev/null; do
+    kill -0 $serve_pid 2>/dev/null || { echo "serve failed: /tmp/streamserve-i13-serve-$1.log"; return 1; }
+    sleep 2
+  done
+  if [ -n "${PROFILE_FIRST:-}" ]; then  # profile and calibrate on the same engines first
+    log profile --config "$cfg" --out "$D/profile-$1" --grid "${GRID:-small}" --attach
+    "$PY" -m streamserve.cli profile --config "$cfg" --out "$D/profile-$1" --grid "${GRID:-small}" --attach
+    log calibrate "$D/profile-$1" --out "$profile"
+    "$PY" -m streamserve.cli calibrate "$D/profile-$1" --out "$profile" | tee "$D/calibrate-$1.txt"
+  fi
+  local seed=1
+  for cell in $2; do
+    local arrival rate n extra=()
+    IFS=: read -r arrival rate n <<< "$cell"
+    [ "$arrival" = gamma ] && extra=(--cv 3)
+    local out="$D/$1-$arrival-$rate"
+    log fidelity --config "$cfg" --profile "$profile" "${WL[@]}" -n "$n" --rate "$rate" \
+      --arrival "$arrival" "${extra[@]}" --seed $seed --attach --out "$out"
+    "$PY" -m streamserve.cli fidelity --config "$cfg" --profile "$profile" "${WL[@]}" -n "$n" \
+      --rate "$rate" --arrival "$arrival" "${extra[@]}" --seed $seed --attach --out "$out" | tee "$out.txt" || true
+    seed=$((seed + 1))  # other prompts each cell: the engines are the same
+  done
+}
+
+case "$1" in
+profile)
+  log profile --config "$D/smollm2-pd.yaml" --out "$D/profile-pd" --grid small
+  flock /tmp/vllm.lock "$PY" -m streamserve.cli profile --config "$D/smollm2-pd.yaml" --out "$D/profile-pd" --grid small
+  log calibrate "$D/profile-pd" --out "$D/smollm2-profile.json"
+  "$PY" -m streamserve.cli calibrate "$D/profile-pd" --out "$D/smollm2-profile.json" | tee "$D/calibrate.txt"
+  ;;
+coloc-profile)
+  log profile --config "$D/smollm2-coloc.yaml" --out "$D/profile-coloc" --grid small
+  flock /tmp/vllm.lock "$PY" -m streamserve.cli profile --config "$D/smollm2-coloc.yaml" --out "$D/profile-coloc" --grid small
+  log calibrate "$D/profile-coloc" --out "$D/smollm2-coloc-profile.json"
+  "$PY" -m streamserve.cli calibrate "$D/profile-coloc" --out "$D/smollm2-coloc-profile.json" | tee "$D/calibrate-coloc.txt"
+  ;;
+pd|coloc)
+  export -f cells log; export PY D PROFILE_FIRST GRID
+  flock /tmp/vllm.lock bash -c "WL=(${WL[*]}); cells $1 '$2'"
+  ;;
+esac

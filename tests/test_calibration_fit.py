@@ -1,0 +1,109 @@
+"""calibrate's fit: steps generated from known coefficients give those coefficients back."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from streamserve.calibration.fit import PARAMS, expected_accepted, fit_acceptance, fit_steps, predict
+
+TRUE = {
+    "prompt.overhead_ms": 3.0, "prompt.per_token_ms": 0.004, "prompt.weights_ms": 6.0,
+    "prompt.compute_ms_per_token": 0.03, "prompt.attn_sq_ms": 2e-6, "prompt.per_ctx_ms": 1e-4,
+    "decode.overhead_ms": 2.0, "decode.per_token_ms": 0.01, "decode.weights_ms": 5.0,
+    "decode.compute_ms_per_token": 0.05, "decode.attn_sq_ms": 0.0, "decode.per_ctx_ms": 2e-4,
+    "draft_host_ms_per_seq": 0.05, "kv_save_ms_per_token": 0.002, "kv_load_ms_per_token": 0.001,
+    "handoff_ms": 0.8,
+}
+
+
+def synthetic_steps(n: int, seed: int = 1, noise: float = 0.0) -> dict[str, np.ndarray]:
+    """Steps shaped like a profile run's: prompts alone, batched, with decodes riding
+    along (chunked prefill), hand-offs; decode-only steps over batch, context and k."""
+    rng = np.random.default_rng(seed)
+    cols = {name: np.zeros(n) for name in ("tokens", "prompt_tokens", "prompt_sq", "decode_seqs", "decode_ctx",
+                                           "spec_tokens", "k", "accepted", "kv_loaded", "kv_saved", "handoffs")}
+    prompt = rng.random(n) < 0.5
+    for i in range(n):
+        if prompt[i]:
+            m = int(rng.integers(1, 5))
+            lengths = rng.integers(8, 1024, size=m)
+            done = rng.integers(0, 512, size=m) * (rng.random(m) < 0.3)
+            b = int(rng.integers(0, 8)) if rng.random() < 0.3 else 0
+            cols["prompt_tokens"][i] = lengths.sum()
+            cols["prompt_sq"][i] = float(np.sum(lengths * (2 * done + lengths)))
+            cols["decode_seqs"][i] = b
+            cols["decode_ctx"][i] = b * int(rng.integers(16, 1024)) if b else 0
+            cols["tokens"][i] = lengths.sum() + b
+            if rng.random() < 0.5:
+                cols["kv_saved"][i] = lengths.sum()
+            elif rng.random() < 0.5:
+                cols["kv_loaded"][i] = done.sum()
+                cols["handoffs"][i] = int((done > 0).sum())
+        else:
+            b = int(rng.integers(1, 65))
+            k = int(rng.integers(0, 5))
+            cols["decode_seqs"][i] = b
+            cols["k"][i] = k
+            cols["decode_ctx"][i] = b * int(rng.integers(16, 2048))
+            cols["tokens"][i] = b * (k + 1)
+            cols["spec_tokens"][i] = b * k
+    cols["dataset"] = np.where(rng.random(n) < 0.5, "prose", "code")
+    cols["role"] = np.array(["decode"] * n)
+    from streamserve.calibration.fit import design
+    cols["dt"] = predict(TRUE, design(cols)) * 1e-3 * (1 + noise * rng.standard_normal(n))
+    return cols
+
+
+def test_fit_recovers_known_coefficients_within_2_percent():
+    fit = fit_steps(synthetic_steps(4000))
+    assert "decode.attn_sq_ms" in fit.fixed  # decode-only steps carry no prompt attention
+    for name in PARAMS:
+        if name in fit.fixed:
+            continue
+        assert fit.params[name] == pytest.approx(TRUE[name], rel=0.02), name
+    assert fit.median_ape < 1e-3 and fit.r2 > 0.999
+
+
+def test_fit_reports_held_out_error_of_noisy_steps():
+    fit = fit_steps(synthetic_steps(3000, noise=0.05))
+    assert 0.02 < fit.median_ape < 0.06  # what 5% noise gives on unseen steps, not less
+    assert fit.n_test == 600 and fit.n_train == 2400
+
+
+def test_fit_of_20000_steps_takes_under_60_seconds():
+    cols = synthetic_steps(20000, noise=0.02)
+    t0 = time.perf_counter()
+    fit_steps(cols)
+    assert time.perf_counter() - t0 < 60
+
+
+def test_acceptance_per_class():
+    rng = np.random.default_rng(3)
+    n = 400
+    k = rng.integers(1, 5, size=n).astype(float)
+    b = rng.integers(1, 9, size=n).astype(float)
+    cls = np.where(np.arange(n) % 2 == 0, "code", "prose")
+    alpha = np.where(cls == "code", 0.8, 0.4)
+    acc = np.array([sum(min(int(np.log(1 - rng.random()) / np.log(a)), int(kk)) for _ in range(int(bb)))
+                    for a, bb, kk in zip(alpha, b, k)], dtype=float)
+    cols = {"k": k, "decode_seqs": b, "prompt_tokens": np.zeros(n), "dataset": cls, "accepted": acc}
+    got = fit_acceptance(cols)
+    assert got["code"] == pytest.approx(0.8, abs=0.05)
+    assert got["prose"] == pytest.approx(0.4, abs=0.05)
+    assert expected_accepted(0.5, np.array([2]))[0] == pytest.approx(0.75)
+
+
+def test_repeat_spread_is_the_noise_of_identical_steps():
+    from streamserve.calibration.fit import repeat_spread
+
+    cols = synthetic_steps(3000)
+    cols["tokens"] = cols["tokens"] % 7  # few shapes, many repeats
+    cols["prompt_tokens"] = cols["prompt_tokens"] % 3
+    cols["decode_seqs"] = cols["decode_seqs"] % 2
+    cols["kv_loaded"] = np.zeros(3000)
+    cols["dt"] = np.full(3000, 0.05)
+    assert repeat_spread(cols) == 0.0
+    cols["dt"] = 0.05 * np.exp(0.1 * np.random.default_rng(0).standard_normal(3000))
+    assert 0.05 < repeat_spread(cols) < 0.09  # median |dev| of a 10% log-normal spread: ~6.7%
