@@ -27,11 +27,7 @@ What it adds over a plain FIFO, and why:
   disaggregation, a head-of-queue prompt too long for a local prefill must wait for a
   backed-up prefill lane; up to ``backfill`` requests behind it may meanwhile be
   prefilled on a decode lane if the router picks that (``_backfill``; the router
-  declares how long a prompt it may prefill locally, ``Router.local_prefill_limit``). Measured on the
-  ablation's bursty ``paper`` load (10000 requests x 6 seeds): goodput 8.41 against 7.41
-  requests/s without it (4 requests: 8.17), p99 E2E within noise (19.3 s against
-  19.1 s); it costs the simulator about 18% more time on that load (routing calls while
-  the head is stuck; 12% at 4).
+  declares how long a prompt it may prefill locally, ``Router.local_prefill_limit``).
 * **Decode before prefill.** A request waiting for a decode lane already holds KV on its
   prefill lane; placing it first frees that memory and finishes work already paid for.
 * **Backpressure and overload.** At most ``max_pending`` requests are held; beyond that
