@@ -53,36 +53,26 @@ costed whole: predicted TTFT (on a decode lane with its running batch riding alo
 predicted decode time (the best decode lane's, for the disaggregated path), and on the
 local path the delay the prefill puts on every sequence already in that decode batch.
 
-What it buys and costs, from ``benchmarks/local_prefill_tradeoff.py`` (the ablation's
-bursty ``paper`` workload, 10000 requests x 16 seeds): it rescues the TTFT of short
-requests stuck behind long prompts in a burst (goodput), but each local prefill stalls
-the whole decode batch, and the E2E tail is the long summarisation outputs (every one
-of the slowest 1% decodes more than 1000 tokens), whose E2E is almost all decode time.
-Prompts up to 2048 tokens give 8.38 goodput requests/s against round-robin's 5.98, but put
-the long outputs' TPOT 1.3% above round-robin's and p99 E2E only 0.2% below; with no local
-prefill FlowGuard's decode placement puts that TPOT 1.5% below and p99 E2E 1.9% below,
-at round-robin's goodput. The stall grows with the prompt, the rescue does not, so a cap
-keeps the cheap rescues: 64 tokens (the default) gives 7.23 requests/s with p99 E2E 1.4%
-below round-robin's (11 of 16 seeds); 128 gives 8.02 and -0.2%. (These runs include the
-whole-block rule below: with local prefill, prompts within one 16-token block go local
-whether or not the prefill lanes are backed up. On the default
-profile a prompt adds ~0.145 ms per token to the decode step it rides in, on top of a
-~58 ms step at batch 8 and k = 8: a 16-token chat prompt costs the batch ~2 ms, a
-2048-token one ~320 ms.)
-What was tried to keep the larger caps' goodput without their tail cost, none beyond
-seed noise (p99 of one run moves by 2-3% between near-identical policies): a larger
-batch-delay charge (x2 to x10), weighting it by each running sequence's class output
-length learned online, charging only the long-output classes' sequences, gating the
-local path on the prefill path's predicted TTFT (0.3-1 s), steering short-output
-classes' decodes away from lanes that hold long ones, keeping local prefills on one
-decode lane and summarisation decodes on the other, decode placement by predicted
-remaining work per lane (even with the true output lengths), and prefill orders that
-favour long-output classes: each either moved along the cap's goodput-for-tail curve
-or did not move at all.
-The local path's TTFT prediction includes the draft passes
-of the batch it rides with (leaving them out made deep-speculating decode lanes look
-faster at prefilling than they are; including them cut p99 E2E by 2% and added a little
-goodput).
+What it is for: it rescues the TTFT of short requests stuck behind long prompts in a
+burst (goodput), but each local prefill stalls the whole decode batch, and the E2E tail
+is the long summarisation outputs, whose E2E is almost all decode time; the stall grows
+with the prompt and the rescue does not, hence the cap. ``benchmarks/local_prefill_tradeoff.py``
+measures the trade (``benchmarks/results/local_prefill_tradeoff.md``; 10000 requests x 4
+seeds of the ablation's bursty ``paper`` workload on the shipped cluster, token-based
+step model): at that load the prefill lanes hardly back up, so every cap gives
+round-robin's goodput (24.0 requests/s) and p99 E2E 0.5-1.4% above round-robin's, within
+seed noise; the earlier goodput gain (measured on the old step model) did not survive
+the re-run.
+What was tried to keep the larger caps' goodput without their tail cost (on the old
+step model), none beyond seed noise: a larger batch-delay charge, weighting it by each
+running sequence's class output length learned online, charging only the long-output
+classes' sequences, gating the local path on the prefill path's predicted TTFT, steering
+short-output classes' decodes away from lanes that hold long ones, keeping local
+prefills on one decode lane and summarisation decodes on the other, decode placement by
+predicted remaining work per lane, and prefill orders that favour long-output classes.
+The local path's TTFT prediction includes the draft passes of the batch it rides with
+(leaving them out makes deep-speculating decode lanes look faster at prefilling than
+they are).
 
 Whole KV blocks (with ``local_prefill``). Only whole KV blocks move from a prefill lane
 to a decode lane, and the decode engine computes the prompt's last token itself: vLLM's
