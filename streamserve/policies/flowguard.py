@@ -33,16 +33,15 @@ predictor's blind spots (work a lane is doing right now, unknown output lengths)
 pressure (0.5) matters only near full, which its square makes so. Acceptance is already
 in the TPOT prediction, so its own weight is small (0.1). ``benchmarks/flowguard_weights.py``
 measured these weights against alternatives, without local prefill (results in
-``benchmarks/results/flowguard_weights.json``; 8000 requests x 3 seeds of the ablation's
-bursty ``paper`` workload): on a symmetric cluster every setting is within 4% of
-round-robin on p99 E2E and 0.3% on goodput (routing has little to fix there; the defaults
-gave 21.1 s p99 against round-robin's 21.6 s, and the order among the settings changed
-when the measured capacity, and with it the load, moved by 0.3% between two runs of the
-script), but with one decode lane at half speed routing matters: the defaults gave a
-TPOT of 15.0 ms (round-robin 34.0 ms) and a p99 E2E of 27.4 s against round-robin's
-44.1 s, queue depth alone 30.1 s and latency alone 28.1 s. Latency and queue at equal
-weight did as well (27.3 s and 15.0 ms there, 20.9 s symmetric), within seed noise, so
-the defaults stay.
+``benchmarks/results/flowguard_weights.json``; 5000 requests x 3 seeds of the ablation's
+bursty ``paper`` workload on the shipped cluster, OPT-13B on A100-80GB, token-based step
+model): on a symmetric cluster every setting is within 3% of round-robin on p99 E2E and
+0.2% on goodput (routing has little to fix there; the defaults gave 4.96 s p99 against
+round-robin's 5.10 s), but with one decode lane at half speed routing matters: the
+defaults gave a mean TPOT of 19.1 ms (round-robin 26.4 ms) and a p99 E2E of 7.0 s against
+round-robin's 11.9 s, queue depth alone 9.5 s and latency alone 7.1 s. Latency and queue
+at equal weight did about as well (7.2 s and 18.9 ms there, 5.06 s symmetric), so the
+defaults stay.
 
 Conditional disaggregation (``local_prefill``, off by default, on in the shipped
 ``streamserve`` cluster): when every prefill lane is backed up, the scheduler also offers
