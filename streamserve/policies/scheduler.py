@@ -12,11 +12,8 @@ What it adds over a plain FIFO, and why:
   lane got, while one held here goes to whichever lane frees first, with the router
   deciding on fresh lane state. And a prefill iteration finishes all its prompts at
   once, so a lane handed 8192 tokens in one go makes its first prompt wait for its last;
-  fed about one prompt at a time it pays one more iteration overhead (~22 ms on the
-  default profile) per prompt instead. Measured on the ablation's bursty load at 70% of
-  capacity (Azure-like lengths, 5000 requests x 2 seeds), goodput rose from 1.74-1.81 to
-  2.06-2.21 requests/s going from 8192 to 1024. ``None`` turns this off (lanes queue up
-  to their own ``max_waiting``).
+  fed about one prompt at a time it pays one more iteration overhead per prompt instead.
+  ``None`` turns this off (lanes queue up to their own ``max_waiting``).
 * **Ordering** of the held prefill queue: ``fcfs`` (default), ``spf`` (shortest prompt
   first: lower mean TTFT, but long prompts wait under load), ``edf`` (earliest TTFT
   deadline first; requests without an SLO use ``arrival + default_deadline``, or come
