@@ -1,6 +1,7 @@
 """SpecuStream against every fixed speculation depth, across load and burstiness.
 
     nice python benchmarks/specustream_sweep.py [--seeds 5] [--n 2000] [--out benchmarks/results]
+        [--loads 0.4,0.7,0.9] [--arrivals poisson,gamma]
 
 The paper's setup on the roofline step model: ``model: llama-3-8b`` on four A800-40GB
 (the built-in ``streamserve`` architecture: two stream pairs, StreamScheduler, FlowGuard),
@@ -47,7 +48,8 @@ def cluster(method: str, policy: dict) -> ClusterConfig:
 POLICIES = [("specustream", {"name": "specustream"})] + [(f"k={k}", {"name": "fixed", "k": k}) for k in range(K_MAX + 1)]
 
 
-def sweep(methods: list[str], seeds: int, n: int, workload: str = "mix", save: Path | None = None) -> dict:
+def sweep(methods: list[str], seeds: int, n: int, workload: str = "mix", save: Path | None = None,
+          loads: tuple[float, ...] = LOADS, arrivals: tuple[tuple[str, float | None], ...] = ARRIVALS) -> dict:
     runs: list[dict] = []
     caps: dict[str, float] = {}
     data = {"model": MODEL, "gpu": GPU, "workload": workload, "k_max": K_MAX, "n": n, "seeds": seeds, "capacity_rps": caps,
@@ -57,8 +59,8 @@ def sweep(methods: list[str], seeds: int, n: int, workload: str = "mix", save: P
     for method in methods:
         closed = resolve_workload(workload, num_requests=2000, concurrency=256, seed=1)
         caps[method] = cap = float(summarize(run(cluster(method, {"name": "specustream"}), closed, 0))["request_throughput"])
-        for load in LOADS:
-            for arrival, cv in ARRIVALS:
+        for load in loads:
+            for arrival, cv in arrivals:
                 for seed in range(seeds):
                     wl = resolve_workload(workload, num_requests=n, rate=load * cap, arrival=arrival, cv=cv, seed=100 + seed)
                     wl.slo = DEFAULT_SLO
@@ -129,6 +131,8 @@ def main() -> None:
     ap.add_argument("--methods", default="eagle,draft")
     ap.add_argument("--workload", default="mix", help="a named workload (mix, alpaca, ...)")
     ap.add_argument("--out", default="benchmarks/results")
+    ap.add_argument("--loads", default=",".join(str(x) for x in LOADS), help="fractions of capacity")
+    ap.add_argument("--arrivals", default="poisson,gamma", help="poisson and/or gamma (CV 3)")
     ap.add_argument("--report-only", action="store_true", help="rewrite the .md from the .json")
     args = ap.parse_args()
     out = Path(args.out)
@@ -137,7 +141,11 @@ def main() -> None:
     if args.report_only:
         data = json.loads((out / f"{stem}.json").read_text())
     else:
-        data = sweep(args.methods.split(","), args.seeds, args.n, args.workload, out / f"{stem}.json")
+        arrivals = tuple(a for a in ARRIVALS if a[0] in args.arrivals.split(","))
+        if not arrivals or set(args.arrivals.split(",")) - {a for a, _ in ARRIVALS}:
+            ap.error(f"--arrivals: {args.arrivals!r} (choose from poisson, gamma)")
+        loads = tuple(float(x) for x in args.loads.split(","))
+        data = sweep(args.methods.split(","), args.seeds, args.n, args.workload, out / f"{stem}.json", loads, arrivals)
         (out / f"{stem}.json").write_text(json.dumps(data, indent=1) + "\n")
     (out / f"{stem}.md").write_text(report(data) + "\n")
     print(report(data))

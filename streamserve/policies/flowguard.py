@@ -33,16 +33,15 @@ predictor's blind spots (work a lane is doing right now, unknown output lengths)
 pressure (0.5) matters only near full, which its square makes so. Acceptance is already
 in the TPOT prediction, so its own weight is small (0.1). ``benchmarks/flowguard_weights.py``
 measured these weights against alternatives, without local prefill (results in
-``benchmarks/results/flowguard_weights.json``; 8000 requests x 3 seeds of the ablation's
-bursty ``paper`` workload): on a symmetric cluster every setting is within 4% of
-round-robin on p99 E2E and 0.3% on goodput (routing has little to fix there; the defaults
-gave 21.1 s p99 against round-robin's 21.6 s, and the order among the settings changed
-when the measured capacity, and with it the load, moved by 0.3% between two runs of the
-script), but with one decode lane at half speed routing matters: the defaults gave a
-TPOT of 15.0 ms (round-robin 34.0 ms) and a p99 E2E of 27.4 s against round-robin's
-44.1 s, queue depth alone 30.1 s and latency alone 28.1 s. Latency and queue at equal
-weight did as well (27.3 s and 15.0 ms there, 20.9 s symmetric), within seed noise, so
-the defaults stay.
+``benchmarks/results/flowguard_weights.json``; 5000 requests x 3 seeds of the ablation's
+bursty ``paper`` workload on the shipped cluster, OPT-13B on A100-80GB, token-based step
+model): on a symmetric cluster every setting is within 3% of round-robin on p99 E2E and
+0.2% on goodput (routing has little to fix there; the defaults gave 4.96 s p99 against
+round-robin's 5.10 s), but with one decode lane at half speed routing matters: the
+defaults gave a mean TPOT of 19.1 ms (round-robin 26.4 ms) and a p99 E2E of 7.0 s against
+round-robin's 11.9 s, queue depth alone 9.5 s and latency alone 7.1 s. Latency and queue
+at equal weight did about as well (7.2 s and 18.9 ms there, 5.06 s symmetric), so the
+defaults stay.
 
 Conditional disaggregation (``local_prefill``, off by default, on in the shipped
 ``streamserve`` cluster): when every prefill lane is backed up, the scheduler also offers
@@ -53,36 +52,26 @@ costed whole: predicted TTFT (on a decode lane with its running batch riding alo
 predicted decode time (the best decode lane's, for the disaggregated path), and on the
 local path the delay the prefill puts on every sequence already in that decode batch.
 
-What it buys and costs, from ``benchmarks/local_prefill_tradeoff.py`` (the ablation's
-bursty ``paper`` workload, 10000 requests x 16 seeds): it rescues the TTFT of short
-requests stuck behind long prompts in a burst (goodput), but each local prefill stalls
-the whole decode batch, and the E2E tail is the long summarisation outputs (every one
-of the slowest 1% decodes more than 1000 tokens), whose E2E is almost all decode time.
-Prompts up to 2048 tokens give 8.38 goodput requests/s against round-robin's 5.98, but put
-the long outputs' TPOT 1.3% above round-robin's and p99 E2E only 0.2% below; with no local
-prefill FlowGuard's decode placement puts that TPOT 1.5% below and p99 E2E 1.9% below,
-at round-robin's goodput. The stall grows with the prompt, the rescue does not, so a cap
-keeps the cheap rescues: 64 tokens (the default) gives 7.23 requests/s with p99 E2E 1.4%
-below round-robin's (11 of 16 seeds); 128 gives 8.02 and -0.2%. (These runs include the
-whole-block rule below: with local prefill, prompts within one 16-token block go local
-whether or not the prefill lanes are backed up. On the default
-profile a prompt adds ~0.145 ms per token to the decode step it rides in, on top of a
-~58 ms step at batch 8 and k = 8: a 16-token chat prompt costs the batch ~2 ms, a
-2048-token one ~320 ms.)
-What was tried to keep the larger caps' goodput without their tail cost, none beyond
-seed noise (p99 of one run moves by 2-3% between near-identical policies): a larger
-batch-delay charge (x2 to x10), weighting it by each running sequence's class output
-length learned online, charging only the long-output classes' sequences, gating the
-local path on the prefill path's predicted TTFT (0.3-1 s), steering short-output
-classes' decodes away from lanes that hold long ones, keeping local prefills on one
-decode lane and summarisation decodes on the other, decode placement by predicted
-remaining work per lane (even with the true output lengths), and prefill orders that
-favour long-output classes: each either moved along the cap's goodput-for-tail curve
-or did not move at all.
-The local path's TTFT prediction includes the draft passes
-of the batch it rides with (leaving them out made deep-speculating decode lanes look
-faster at prefilling than they are; including them cut p99 E2E by 2% and added a little
-goodput).
+What it is for: it rescues the TTFT of short requests stuck behind long prompts in a
+burst (goodput), but each local prefill stalls the whole decode batch, and the E2E tail
+is the long summarisation outputs, whose E2E is almost all decode time; the stall grows
+with the prompt and the rescue does not, hence the cap. ``benchmarks/local_prefill_tradeoff.py``
+measures the trade (``benchmarks/results/local_prefill_tradeoff.md``; 10000 requests x 4
+seeds of the ablation's bursty ``paper`` workload on the shipped cluster, token-based
+step model): at that load the prefill lanes hardly back up, so every cap gives
+round-robin's goodput (24.0 requests/s) and p99 E2E 0.5-1.4% above round-robin's, within
+seed noise; the earlier goodput gain (measured on the old step model) did not survive
+the re-run.
+What was tried to keep the larger caps' goodput without their tail cost (on the old
+step model), none beyond seed noise: a larger batch-delay charge, weighting it by each
+running sequence's class output length learned online, charging only the long-output
+classes' sequences, gating the local path on the prefill path's predicted TTFT, steering
+short-output classes' decodes away from lanes that hold long ones, keeping local
+prefills on one decode lane and summarisation decodes on the other, decode placement by
+predicted remaining work per lane, and prefill orders that favour long-output classes.
+The local path's TTFT prediction includes the draft passes of the batch it rides with
+(leaving them out makes deep-speculating decode lanes look faster at prefilling than
+they are).
 
 Whole KV blocks (with ``local_prefill``). Only whole KV blocks move from a prefill lane
 to a decode lane, and the decode engine computes the prompt's last token itself: vLLM's

@@ -12,11 +12,8 @@ What it adds over a plain FIFO, and why:
   lane got, while one held here goes to whichever lane frees first, with the router
   deciding on fresh lane state. And a prefill iteration finishes all its prompts at
   once, so a lane handed 8192 tokens in one go makes its first prompt wait for its last;
-  fed about one prompt at a time it pays one more iteration overhead (~22 ms on the
-  default profile) per prompt instead. Measured on the ablation's bursty load at 70% of
-  capacity (Azure-like lengths, 5000 requests x 2 seeds), goodput rose from 1.74-1.81 to
-  2.06-2.21 requests/s going from 8192 to 1024. ``None`` turns this off (lanes queue up
-  to their own ``max_waiting``).
+  fed about one prompt at a time it pays one more iteration overhead per prompt instead.
+  ``None`` turns this off (lanes queue up to their own ``max_waiting``).
 * **Ordering** of the held prefill queue: ``fcfs`` (default), ``spf`` (shortest prompt
   first: lower mean TTFT, but long prompts wait under load), ``edf`` (earliest TTFT
   deadline first; requests without an SLO use ``arrival + default_deadline``, or come
@@ -27,11 +24,7 @@ What it adds over a plain FIFO, and why:
   disaggregation, a head-of-queue prompt too long for a local prefill must wait for a
   backed-up prefill lane; up to ``backfill`` requests behind it may meanwhile be
   prefilled on a decode lane if the router picks that (``_backfill``; the router
-  declares how long a prompt it may prefill locally, ``Router.local_prefill_limit``). Measured on the
-  ablation's bursty ``paper`` load (10000 requests x 6 seeds): goodput 8.41 against 7.41
-  requests/s without it (4 requests: 8.17), p99 E2E within noise (19.3 s against
-  19.1 s); it costs the simulator about 18% more time on that load (routing calls while
-  the head is stuck; 12% at 4).
+  declares how long a prompt it may prefill locally, ``Router.local_prefill_limit``).
 * **Decode before prefill.** A request waiting for a decode lane already holds KV on its
   prefill lane; placing it first frees that memory and finishes work already paid for.
 * **Backpressure and overload.** At most ``max_pending`` requests are held; beyond that
