@@ -2,8 +2,7 @@
 
 The request records, the performance model, the policies and the SimPy lanes run once
 per request or per engine step, which makes their interpreter overhead the simulator's
-speed limit: compiled, the same code simulates about three times as many requests per
-second (benchmarks/README.md). Compilation is optional. Without a C compiler, when
+speed limit: compiled, the same code runs with far less of it. Compilation is optional. Without a C compiler, when
 mypyc cannot build them, or with STREAMSERVE_PURE=1 (handy while editing a policy), the
 modules install as plain Python, with identical results.
 """
@@ -36,7 +35,7 @@ COMPILED = [
 
 
 def _warn(why: str) -> None:
-    print(f"streamserve: installing as plain Python ({why}); the simulator runs ~3x slower", file=sys.stderr)
+    print(f"streamserve: installing as plain Python ({why}); the simulator runs slower", file=sys.stderr)
 
 
 class OptionalBuildExt(build_ext):

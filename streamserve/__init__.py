@@ -56,7 +56,7 @@ def _choose() -> bool:
     if stale or os.environ.get("STREAMSERVE_PURE"):
         if stale:
             warnings.warn(f"streamserve: {', '.join(stale)} changed since it was compiled; running all compiled "
-                          "modules from source (~3x slower). `pip install -e .` compiles them again.",
+                          "modules from source (slower). `pip install -e .` compiles them again.",
                           RuntimeWarning, stacklevel=2)
         sys.meta_path.insert(0, _SourceFirst({name: py for name, (py, _) in compiled.items()}))
         return False
