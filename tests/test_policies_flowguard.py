@@ -112,6 +112,31 @@ def test_decode_prefers_faster_speculation() -> None:
     assert fg.route(req(), [slow, fast], Phase.DECODE, 0.0) == 1
 
 
+def test_an_idle_decode_lane_is_predicted_at_the_depth_busy_lanes_run() -> None:
+    """An idle lane reports k = 0 (it has taken no step); scored at that depth it looked
+    slower than a lightly loaded speculating lane, so under a speculative step model every
+    decode went to one lane and the other stayed empty."""
+    fg = FlowGuard(PERFS)
+    busy = lane(0, LaneRole.DECODE, num_running=2, context_tokens=2000, spec_k=4, acceptance_rate=0.8)
+    idle = lane(1, LaneRole.DECODE, spec_k=0, acceptance_rate=None)
+    assert fg.predict_tpot(req(), idle, 0.8) > fg.predict_tpot(req(), busy, 0.8)  # what misled it
+    assert fg.predict_tpot(req(), idle, 0.8, idle_k=4) < fg.predict_tpot(req(), busy, 0.8)
+    assert fg.route(req(), [busy, idle], Phase.DECODE, 0.0) == 1
+
+
+def test_both_decode_lanes_of_the_default_cluster_get_decodes_at_light_load() -> None:
+    from streamserve.config import builtin_cluster
+    from streamserve.sim import run
+    from streamserve.workload.synthetic import synthetic
+
+    result = run(builtin_cluster("streamserve"), synthetic(400, 4.0, 3), seed=3)  # light load: few decodes at once
+    counts: dict[int, int] = {}
+    for r in result.requests:
+        if r.decode_lane >= 0:
+            counts[r.decode_lane] = counts.get(r.decode_lane, 0) + 1
+    assert len(counts) == 2 and min(counts.values()) > 0.3 * sum(counts.values()), counts
+
+
 def test_pair_mode_scores_prefill_and_partner_together() -> None:
     fg = FlowGuard(PERFS)
     p0, d0 = lane(0), lane(1, LaneRole.DECODE, num_running=150, context_tokens=200_000, kv_usage=0.8)

@@ -160,18 +160,22 @@ class FlowGuard(Router):
                                - perf.step_overhead())
         return t
 
-    def predict_tpot(self, request: Request, lane: LaneStats, acceptance: float | None = None) -> float:
+    def predict_tpot(self, request: Request, lane: LaneStats, acceptance: float | None = None,
+                     idle_k: int = -1) -> float:
         """Uncorrected seconds per output token of ``request`` once it joins ``lane``'s batch.
 
         ``acceptance``: the draft acceptance rate to expect for this request; by default
         the lane's. When routing, FlowGuard passes the mean over the candidate lanes:
         acceptance belongs mostly to the request's workload, not to the lane, and a lane's
         rate only says which requests it happens to hold, so comparing lanes on it herds
-        new work onto whichever lane had a lucky streak."""
+        new work onto whichever lane had a lucky streak. ``idle_k`` (when >= 0): the depth to
+        expect on a lane that runs nothing yet, whose own k (0: it has taken no step) says
+        nothing of the depth it will run at; without it an idle lane looks slower than a
+        busy speculating one and never gets work."""
         perf = self.perf.get(lane.lane_id, self._default_perf)
         batch = lane.num_running + lane.num_waiting + 1
         context = lane.context_tokens + lane.tokens_queued + request.prompt_len
-        k = lane.spec_k
+        k = idle_k if idle_k >= 0 and not lane.num_running else lane.spec_k
         acc = acceptance if acceptance is not None else (lane.acceptance_rate or 0.0)
         per_step = 1.0 + k * acc
         running = min(batch, lane.max_num_seqs)
@@ -197,6 +201,7 @@ class FlowGuard(Router):
         rate_sum = 0.0
         rated = 0
         max_tokens = 0
+        k_max_seen = 0  # the deepest k a running lane uses: what an idle lane will run at
         for lane in lanes:  # one pass: this runs for every lane of every decision
             if not lane.healthy or lane.kv_usage >= 1.0 or lane.num_waiting >= lane.max_waiting:
                 continue  # not ``has_room``
@@ -212,6 +217,8 @@ class FlowGuard(Router):
             if lane.acceptance_rate is not None:
                 rate_sum += lane.acceptance_rate
                 rated += 1
+            if lane.num_running and lane.spec_k > k_max_seen:
+                k_max_seen = lane.spec_k
         if not ok:
             return []
         acc = rate_sum / rated if rated else 0.0
@@ -223,7 +230,7 @@ class FlowGuard(Router):
         for lane in ok:
             lid = lane.lane_id
             if decode:
-                r = self.predict_tpot(request, lane, acc)
+                r = self.predict_tpot(request, lane, acc, k_max_seen)
                 t = None
                 latency = r * correction((lid, phase), 1.0)
             else:
@@ -231,7 +238,7 @@ class FlowGuard(Router):
                 t = None
                 latency = r * correction((lid, phase), 1.0)
                 if lane.role is not LaneRole.PREFILL:
-                    t = self.predict_tpot(request, lane, acc)
+                    t = self.predict_tpot(request, lane, acc, k_max_seen)
                     decode_t = t * correction((lid, Phase.DECODE), 1.0)
                     latency += decode_t * self._mean_output
                     if lane.role is LaneRole.DECODE and decode_t < best_decode:
