@@ -104,7 +104,7 @@ def _reset(req: Request) -> None:
     """A request that lost its lane starts over: no phase of it has happened."""
     req.state = State.QUEUED
     req.generated = 0
-    req.prefill_start = req.first_token = req.transfer_start = req.decode_start = math.nan
+    req.prefill_start = req.prefill_end = req.first_token = req.transfer_start = req.decode_start = math.nan
     req.prefill_lane = req.decode_lane = -1
 
 
@@ -399,7 +399,7 @@ class Executor:
         answer = await self._io(ticket, lane_id, self.client.post(url, protocol.prefill_body(ticket.body)))
         ticket.kv_params = answer.get("kv_transfer_params")
         now = self.now()
-        req.first_token = req.transfer_start = now  # the prefill's one token exists
+        req.prefill_end = req.transfer_start = now  # the prefill's one token exists (the client sees the decode's)
         self._release(ticket, lane_id)
         self._apply(self.scheduler.on_prefill_done(req, now, self.view))
 
@@ -432,10 +432,10 @@ class Executor:
                 now = self.now()
                 ticket.last_chunk = now
                 if math.isnan(ticket.first_chunk):
-                    ticket.first_chunk = now
+                    ticket.first_chunk = req.first_token = now
                     req.state = State.DECODE
                     if ticket.local:  # prefilled here: its first token ends the prefill
-                        req.first_token = req.decode_start = now
+                        req.prefill_end = req.decode_start = now
                         req.decode_lane = lane_id
                         self._apply(self.scheduler.on_prefill_done(req, now, self.view))
             chunks.append(chunk)
