@@ -61,8 +61,7 @@ class Ticket:
     complete: bool = False  # the engine sent [DONE]: nothing is left to lose
     closed: bool = False
     local: bool = False  # this attempt prefills on the lane that decodes it
-    first_chunk: float = math.nan  # when the first token reached the front end (client-visible TTFT)
-    last_chunk: float = math.nan
+    last_chunk: float = math.nan  # when the latest token reached the front end
     io: tuple[int, asyncio.Task] | None = None  # the engine call under way, and its lane
     lane_lost: bool = False  # ``io`` was cancelled because its lane went down
 
@@ -220,7 +219,6 @@ class Executor:
                                                  f"sent: {cause}"))
                 continue
             ticket.kv_params = None
-            ticket.first_chunk = math.nan
             _reset(ticket.request)
             lost.append(ticket.request)
         self.metrics.lane(lane)
@@ -363,10 +361,10 @@ class Executor:
         if math.isnan(req.decode_start):
             req.decode_start = now  # a one-token request: nothing to decode
         self._leave_lanes(req)
-        if not math.isnan(ticket.first_chunk):  # what the client saw, not the prefill's end
-            self.metrics.ttft.observe(ticket.first_chunk - req.arrival)
+        if not math.isnan(req.first_token):  # what the client saw, not the prefill's end
+            self.metrics.ttft.observe(req.first_token - req.arrival)
             if req.generated > 1:
-                self.metrics.tpot.observe((ticket.last_chunk - ticket.first_chunk) / (req.generated - 1))
+                self.metrics.tpot.observe((ticket.last_chunk - req.first_token) / (req.generated - 1))
         self.metrics.e2e.observe(req.e2e)
         ticket.closed = True
         self.tickets.pop(req.id, None)
@@ -431,8 +429,8 @@ class Executor:
             if protocol.has_choice(chunk):
                 now = self.now()
                 ticket.last_chunk = now
-                if math.isnan(ticket.first_chunk):
-                    ticket.first_chunk = req.first_token = now
+                if math.isnan(req.first_token):  # the client's first token
+                    req.first_token = now
                     req.state = State.DECODE
                     if ticket.local:  # prefilled here: its first token ends the prefill
                         req.prefill_end = req.decode_start = now
