@@ -78,7 +78,8 @@ def headroom(method: str, workload: str, load: float, n: int, seed: int = 0) -> 
     for lane, batch, ctx, classes, k_chosen in LOG:
         perf = policy.perf[lane]
         t = np.array([perf.spec_step_time(batch, ctx, k) for k in ks])
-        lat = np.array([sum(m / expected_tokens(DATASETS[c].acceptance[method], k) for c, m in classes) for k in ks]) * t
+        alphas = [(DATASETS[c].acceptance[method], m) for c, m in classes]
+        lat = np.array([sum(m / expected_tokens(a, k) for a, m in alphas) for k in ks]) * t
         per_k += lat
         j = int(lat.argmin())
         oracle_k[j] += 1
@@ -102,10 +103,8 @@ def headroom(method: str, workload: str, load: float, n: int, seed: int = 0) -> 
         "specustream_ms_per_token": round(chosen / seq_steps * 1e3, 3),
         "specustream_speedup_over_best_fixed": round(float(per_k[best] / chosen) - 1, 4),
         "oracle_k_share": {f"k={k}": round(float(oracle_k[k] / len(LOG)), 3) for k in ks if oracle_k[k]},
-        "decode_step_ms": {"batch 1, ctx 1000, k=0": round(perf.spec_step_time(1, 1000, 0) * 1e3, 2),
-                           "batch 1, ctx 1000, k=8": round(perf.spec_step_time(1, 1000, 8) * 1e3, 2),
-                           "batch 32, ctx 32000, k=0": round(perf.spec_step_time(32, 32000, 0) * 1e3, 2),
-                           "batch 32, ctx 32000, k=8": round(perf.spec_step_time(32, 32000, 8) * 1e3, 2)},
+        "decode_step_ms": {f"batch {b}, ctx {c}, k={k}": round(perf.spec_step_time(b, c, k) * 1e3, 2)
+                           for b, c in ((1, 1000), (32, 32000)) for k in (0, 8)},
         "lane_busy_share": {f"{u.role} {u.lane_id}": round(u.busy_time / result.duration, 3) for u in result.lanes},
         "goodput_rps": round(float(s["request_goodput"]), 3), "mean_tpot_ms": round(float(s["mean_tpot_ms"]), 2),
     }
@@ -115,9 +114,9 @@ def report(rows: list[dict]) -> str:
     lines = ["# Headroom of a per-step speculation depth over the best fixed k", "",
              "Written by benchmarks/specustream_headroom.py (Llama-3-8B on 4 x A800-40GB, built-in streamserve "
              "cluster, gamma CV 3, one seed of the given size; simulated time, so the shared 2-core machine's "
-             "load does not change the figures). Time per output token over the decode steps SpecuStream ran, each step re-timed at every k with the lane's step model "
-             "and the workload's true acceptance: the mean over sequence-steps of step time / expected tokens "
-             "(the time per output token a decoding request sees). Speed-up: the best fixed k's ms/token "
+             "load does not change the figures). Time per output token over the decode steps SpecuStream "
+             "ran, each step re-timed at every k with the lane's step model and the workload's true "
+             "acceptance: the mean over sequence-steps of step time / expected tokens (the time per output token a decoding request sees). Speed-up: the best fixed k's ms/token "
              "over this one's, minus 1.", "",
              "| method | workload | load | decode batch p10 / p50 / p90 / max | best fixed k | its ms/token "
              "| per-step oracle, ms/token (speed-up) | SpecuStream, ms/token (speed-up) | oracle's k (share of steps) |",
