@@ -31,15 +31,18 @@ alpha of a chain draft of that depth with the same mean accepted length, solving
 ``tau = (1 - alpha^(d+1)) / (1 - alpha)`` (Leviathan et al., ICML 2023, eq. 1).
 
 Acceptance by position in the draft (issue 12 item 6) is not modelled, for want of a
-figure to set it from. That acceptance falls with depth is reported qualitatively: EAGLE
-(ICML 2024) measures acceptance by how many of the draft head's inputs are its own
-estimates (its "n-alpha", on MT-bench only), and EAGLE-2's premise is that a draft
-token's acceptance depends on its position and its context. But the figures the rates
-above come from, EAGLE-2 Table 1 and Spec-Bench, are mean accepted lengths at one depth,
-per dataset, with no per-position breakdown, and no per-position figure for a draft
-model or prompt lookup per dataset was found; the per-position rates vLLM and llama.cpp
-log are marginal (the share of steps whose position i was accepted), which falls with i
-even at a constant per-token rate, so they do not show a decay either. A decay per
+figure to set it from. The sources disagree on whether it falls, by draft head: EAGLE
+measures "n-alpha", the acceptance of a chain draft's token when n of the head's inputs
+are its own estimates and the tokens before it were accepted, and EAGLE-3 (Li et al.,
+2025, Sec. 4.1 and Fig. 7; MT-bench, LLaMA-Instruct 3.1 8B) reports that EAGLE's drops
+significantly as n grows while EAGLE-3's stays almost unchanged; the values are drawn in
+a figure only, for one dataset. EAGLE-2's premise is that a draft token's acceptance
+depends on its position and its context. The figures the rates above come from, EAGLE-2
+Table 1 and Spec-Bench, are mean accepted lengths at one depth, per dataset, with no
+per-position breakdown, and no per-position figure for a draft model or prompt lookup
+per dataset was found; the per-position rates vLLM and llama.cpp log are marginal (the
+share of steps whose position i was accepted), which falls with i even at a constant
+per-token rate, so they do not show a decay either. A decay per
 method would be our guess, so one alpha per (dataset, method) is kept, fit to the
 source's mean accepted length at the source's depth: right at that depth; if the
 conditional rate does fall with position, it overstates acceptance deeper and
