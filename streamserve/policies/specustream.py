@@ -63,6 +63,7 @@ signals". This module makes that precise:
 """
 from __future__ import annotations
 
+import math
 from typing import ClassVar, Mapping
 
 from mypy_extensions import mypyc_attr
@@ -115,7 +116,9 @@ class _Counts:
 
         Expected rejections: a sequence stops early with probability 1 - alpha^k."""
         self.s = self.s * decay + accepted
-        self.f = self.f * decay + seqs * (1.0 - min(self.alpha, ALPHA_CAP) ** k)
+        a = ALPHA_CAP if ALPHA_CAP < self.alpha else self.alpha  # min(alpha, ALPHA_CAP)
+        # math.pow, not **: mypyc compiles it to C's pow (the same value, unboxed)
+        self.f = self.f * decay + seqs * (1.0 - math.pow(a, k))
         self.alpha = (self.s + strength * prior) / (self.s + self.f + strength)
 
 
@@ -228,10 +231,10 @@ class SpecuStream(SpecPolicy):
         acc = 0.0
         if self.objective == "latency":
             for a, n in terms:
-                acc += n * (1.0 - a) / (1.0 - a ** (k + 1))
+                acc += n * (1.0 - a) / (1.0 - math.pow(a, k + 1))
             return batch / acc / t
         for a, n in terms:
-            acc += n * (1.0 - a ** (k + 1)) / (1.0 - a)
+            acc += n * (1.0 - math.pow(a, k + 1)) / (1.0 - a)
         return acc / t
 
     def depth(self, lane_id: int, batch_size: int, context_tokens: int, now: float,
