@@ -222,7 +222,7 @@ class FlowGuard(Router):
         if not ok:
             return []
         acc = rate_sum / rated if rated else 0.0
-        correction = self._correction.get
+        correction = self._correction  # (dict.get on the dict itself: mypyc calls it in C)
         raw: list[float] = []
         lat: list[float] = []
         tpot: list[float | None] = []
@@ -232,14 +232,14 @@ class FlowGuard(Router):
             if decode:
                 r = self.predict_tpot(request, lane, acc, k_max_seen)
                 t = None
-                latency = r * correction((lid, phase), 1.0)
+                latency = r * correction.get((lid, phase), 1.0)
             else:
                 r = self.predict_prefill(request, lane)
                 t = None
-                latency = r * correction((lid, phase), 1.0)
+                latency = r * correction.get((lid, phase), 1.0)
                 if lane.role is not LaneRole.PREFILL:
                     t = self.predict_tpot(request, lane, acc, k_max_seen)
-                    decode_t = t * correction((lid, Phase.DECODE), 1.0)
+                    decode_t = t * correction.get((lid, Phase.DECODE), 1.0)
                     latency += decode_t * self._mean_output
                     if lane.role is LaneRole.DECODE and decode_t < best_decode:
                         best_decode = decode_t
