@@ -54,74 +54,38 @@ class SLO:
         return True
 
 
+@dataclass(slots=True, eq=False)
 class Request:
     """One inference request and everything that happened to it.
 
     Times are seconds on the runtime's clock (simulated, or wall time since the run
     started). ``NaN`` means "has not happened".
-
-    A record written as a plain class with an explicit ``__init__`` (the signature a
-    dataclass would have): mypyc compiles it to a native constructor, where a
-    dataclass's generated ``__init__`` runs as interpreted Python, and the simulator
-    makes one per request.
     """
 
-    __slots__ = ("id", "arrival", "prompt_len", "output_len", "dataset", "slo", "prompt", "hash_ids", "priority",
-                 "state", "prefill_start", "first_token", "transfer_start", "decode_start", "finish", "generated",
-                 "prefill_lane", "decode_lane", "attempts", "preemptions", "reason", "extra")
+    id: int
+    arrival: float
+    prompt_len: int
+    output_len: int  # tokens to generate; the simulator's ground truth, hidden from policies
+    dataset: str = "default"
+    slo: SLO | None = None
+    prompt: str | None = None  # text, for runtimes that need it (live engines)
+    hash_ids: tuple[int, ...] | None = None  # prefix-block hashes from traces that carry them
+    priority: int = 0
 
-    def __init__(
-        self,
-        id: int,
-        arrival: float,
-        prompt_len: int,
-        output_len: int,  # tokens to generate; the simulator's ground truth, hidden from policies
-        dataset: str = "default",
-        slo: SLO | None = None,
-        prompt: str | None = None,  # text, for runtimes that need it (live engines)
-        hash_ids: tuple[int, ...] | None = None,  # prefix-block hashes from traces that carry them
-        priority: int = 0,
-        # Set by the runtime.
-        state: State = State.QUEUED,
-        prefill_start: float = math.nan,
-        first_token: float = math.nan,  # end of prefill: the first output token exists
-        transfer_start: float = math.nan,
-        decode_start: float = math.nan,  # KV is on the decode lane
-        finish: float = math.nan,
-        generated: int = 0,
-        prefill_lane: int = -1,
-        decode_lane: int = -1,
-        attempts: int = 0,  # prefills started (more than one after a lane failure or preemption)
-        preemptions: int = 0,
-        reason: str = "",  # why it was rejected or failed
-        extra: dict | None = None,  # runtime-specific notes (e.g. live response ids)
-    ) -> None:
-        self.id = id
-        self.arrival = arrival
-        self.prompt_len = prompt_len
-        self.output_len = output_len
-        self.dataset = dataset
-        self.slo = slo
-        self.prompt = prompt
-        self.hash_ids = hash_ids
-        self.priority = priority
-        self.state = state
-        self.prefill_start = prefill_start
-        self.first_token = first_token
-        self.transfer_start = transfer_start
-        self.decode_start = decode_start
-        self.finish = finish
-        self.generated = generated
-        self.prefill_lane = prefill_lane
-        self.decode_lane = decode_lane
-        self.attempts = attempts
-        self.preemptions = preemptions
-        self.reason = reason
-        self.extra = extra
-
-    def __repr__(self) -> str:
-        return (f"Request(id={self.id}, state={self.state.value}, prompt_len={self.prompt_len}, "
-                f"output_len={self.output_len}, dataset={self.dataset!r}, generated={self.generated})")
+    # Set by the runtime.
+    state: State = State.QUEUED
+    prefill_start: float = math.nan
+    first_token: float = math.nan  # end of prefill: the first output token exists
+    transfer_start: float = math.nan
+    decode_start: float = math.nan  # KV is on the decode lane
+    finish: float = math.nan
+    generated: int = 0
+    prefill_lane: int = -1
+    decode_lane: int = -1
+    attempts: int = 0  # prefills started (more than one after a lane failure or preemption)
+    preemptions: int = 0
+    reason: str = ""  # why it was rejected or failed
+    extra: dict | None = None  # runtime-specific notes (e.g. live response ids)
 
     @property
     def done(self) -> bool:
