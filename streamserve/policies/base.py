@@ -7,7 +7,6 @@ a runtime; ``tests/test_layering.py`` enforces that.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from typing import Protocol, Sequence
 
 from mypy_extensions import mypyc_attr
@@ -17,29 +16,48 @@ from streamserve.request import Phase, Request
 
 
 # ---------------------------------------------------------------- actions
-@dataclass(slots=True)
+# The actions and ``StepObservation`` are records written as plain classes with an
+# explicit ``__init__`` rather than dataclasses: mypyc compiles those to native
+# constructors, while a dataclass's generated ``__init__`` runs as interpreted Python,
+# several times slower, and the simulator makes one per placement or engine step.
 class Submit:
     """Place ``request`` on ``lane_id`` for ``phase`` (for DECODE: move its KV there)."""
 
-    request: Request
-    lane_id: int
-    phase: Phase
+    __slots__ = ("request", "lane_id", "phase")
+
+    def __init__(self, request: Request, lane_id: int, phase: Phase) -> None:
+        self.request = request
+        self.lane_id = lane_id
+        self.phase = phase
+
+    def __repr__(self) -> str:
+        return f"Submit(request={self.request.id}, lane_id={self.lane_id}, phase={self.phase.value})"
 
 
-@dataclass(slots=True)
 class Reject:
     """Turn ``request`` away before it used any capacity."""
 
-    request: Request
-    reason: str
+    __slots__ = ("request", "reason")
+
+    def __init__(self, request: Request, reason: str) -> None:
+        self.request = request
+        self.reason = reason
+
+    def __repr__(self) -> str:
+        return f"Reject(request={self.request.id}, reason={self.reason!r})"
 
 
-@dataclass(slots=True)
 class Fail:
     """End ``request`` unfinished after it was admitted (e.g. out of retries)."""
 
-    request: Request
-    reason: str
+    __slots__ = ("request", "reason")
+
+    def __init__(self, request: Request, reason: str) -> None:
+        self.request = request
+        self.reason = reason
+
+    def __repr__(self) -> str:
+        return f"Fail(request={self.request.id}, reason={self.reason!r})"
 
 
 Action = Submit | Reject | Fail
@@ -107,19 +125,24 @@ def usable(lanes: Sequence[LaneStats]) -> list[LaneStats]:
 
 
 # ---------------------------------------------------------------- speculation
-@dataclass(slots=True)
 class StepObservation:
-    """What one speculative decode step on a lane did, reported by the runtime."""
+    """What one speculative decode step on a lane did, reported by the runtime (a plain
+    class for mypyc's native constructor, as the actions above)."""
 
-    lane_id: int
-    k: int
-    batch_size: int
-    context_tokens: int
-    drafted: int  # draft tokens proposed over the batch (k * sequences that drafted)
-    accepted: int  # of those, accepted by the verifier
-    step_time: float  # seconds, the whole step (drafting included)
-    now: float
-    by_class: dict[str, tuple[int, int]] | None = None  # dataset -> (drafted, accepted)
+    __slots__ = ("lane_id", "k", "batch_size", "context_tokens", "drafted", "accepted", "step_time", "now",
+                 "by_class")
+
+    def __init__(self, lane_id: int, k: int, batch_size: int, context_tokens: int, drafted: int, accepted: int,
+                 step_time: float, now: float, by_class: dict[str, tuple[int, int]] | None = None) -> None:
+        self.lane_id = lane_id
+        self.k = k
+        self.batch_size = batch_size
+        self.context_tokens = context_tokens
+        self.drafted = drafted  # draft tokens proposed over the batch (k * sequences that drafted)
+        self.accepted = accepted  # of those, accepted by the verifier
+        self.step_time = step_time  # seconds, the whole step (drafting included)
+        self.now = now
+        self.by_class = by_class  # dataset -> (drafted, accepted)
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)  # a policy of your own may subclass it

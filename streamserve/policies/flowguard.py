@@ -148,7 +148,7 @@ class FlowGuard(Router):
         """Uncorrected seconds from submission to first token of ``request`` on ``lane``."""
         perf = self.perf.get(lane.lane_id, self._default_perf)
         tokens = lane.tokens_queued + request.prompt_len
-        sum_sq = request.prompt_len ** 2 + lane.tokens_queued * self._mean_prompt
+        sum_sq = request.prompt_len * request.prompt_len + lane.tokens_queued * self._mean_prompt
         iterations = max(1, -(-tokens // self.prefill_budget))
         t = perf.prefill_time(tokens, sum_sq) + (iterations - 1) * perf.step_overhead()
         if lane.role is not LaneRole.PREFILL and lane.num_running:
@@ -222,7 +222,7 @@ class FlowGuard(Router):
         if not ok:
             return []
         acc = rate_sum / rated if rated else 0.0
-        correction = self._correction.get
+        correction = self._correction  # (dict.get on the dict itself: mypyc calls it in C)
         raw: list[float] = []
         lat: list[float] = []
         tpot: list[float | None] = []
@@ -232,14 +232,14 @@ class FlowGuard(Router):
             if decode:
                 r = self.predict_tpot(request, lane, acc, k_max_seen)
                 t = None
-                latency = r * correction((lid, phase), 1.0)
+                latency = r * correction.get((lid, phase), 1.0)
             else:
                 r = self.predict_prefill(request, lane)
                 t = None
-                latency = r * correction((lid, phase), 1.0)
+                latency = r * correction.get((lid, phase), 1.0)
                 if lane.role is not LaneRole.PREFILL:
                     t = self.predict_tpot(request, lane, acc, k_max_seen)
-                    decode_t = t * correction((lid, Phase.DECODE), 1.0)
+                    decode_t = t * correction.get((lid, Phase.DECODE), 1.0)
                     latency += decode_t * self._mean_output
                     if lane.role is LaneRole.DECODE and decode_t < best_decode:
                         best_decode = decode_t
@@ -256,7 +256,7 @@ class FlowGuard(Router):
                     # A prefill in a decode step delays every sequence of that batch
                     # by its length: charge that to the local path as well.
                     perf = self.perf.get(lane.lane_id, self._default_perf)
-                    lat[i] += lane.num_running * perf.prefill_time(request.prompt_len, request.prompt_len ** 2)
+                    lat[i] += lane.num_running * perf.prefill_time(request.prompt_len, request.prompt_len * request.prompt_len)
         best = max(min(lat), 1e-9)
         max_tokens = max_tokens or 1
         w_latency, w_queue, w_util, w_kv, w_accept = self.w_latency, self.w_queue, self.w_util, self.w_kv, self.w_accept
@@ -269,7 +269,7 @@ class FlowGuard(Router):
             free = lane.kv_free_tokens
             kv = used if not free else min(1.0, used + need / (free / (1.0 - used)))  # occupancy after placing
             cost = (w_latency * (latency / best - 1.0) + w_queue * queue + w_util * lane.utilisation
-                    + w_kv * kv ** 2 + w_accept * accept)
+                    + w_kv * math.pow(kv, 2.0) + w_accept * accept)  # (math.pow: C's pow in mypyc)
             out.append((cost, lane, r, t))
         return out
 

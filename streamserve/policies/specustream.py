@@ -63,6 +63,7 @@ signals". This module makes that precise:
 """
 from __future__ import annotations
 
+import math
 from typing import ClassVar, Mapping
 
 from mypy_extensions import mypyc_attr
@@ -115,7 +116,9 @@ class _Counts:
 
         Expected rejections: a sequence stops early with probability 1 - alpha^k."""
         self.s = self.s * decay + accepted
-        self.f = self.f * decay + seqs * (1.0 - min(self.alpha, ALPHA_CAP) ** k)
+        a = ALPHA_CAP if ALPHA_CAP < self.alpha else self.alpha  # min(alpha, ALPHA_CAP)
+        # math.pow, not **: mypyc compiles it to C's pow (the same value, unboxed)
+        self.f = self.f * decay + seqs * (1.0 - math.pow(a, float(k)))
         self.alpha = (self.s + strength * prior) / (self.s + self.f + strength)
 
 
@@ -228,10 +231,10 @@ class SpecuStream(SpecPolicy):
         acc = 0.0
         if self.objective == "latency":
             for a, n in terms:
-                acc += n * (1.0 - a) / (1.0 - a ** (k + 1))
+                acc += n * (1.0 - a) / (1.0 - math.pow(a, float(k + 1)))
             return batch / acc / t
         for a, n in terms:
-            acc += n * (1.0 - a ** (k + 1)) / (1.0 - a)
+            acc += n * (1.0 - math.pow(a, float(k + 1))) / (1.0 - a)
         return acc / t
 
     def depth(self, lane_id: int, batch_size: int, context_tokens: int, now: float,
@@ -279,7 +282,6 @@ class SpecuStream(SpecPolicy):
         if not terms:
             st.k = 0
             return 0
-        rate = self._rate
         prev = st.k
         if prev < 0 or prev > self.k_max:
             prev = min(self.k_max, 4)
@@ -287,16 +289,16 @@ class SpecuStream(SpecPolicy):
         # concave in k, step time convex: linear, turning steeper past the memory/compute
         # knee), so the local optimum is the global one, and it
         # is usually within one step of the last, so this costs ~3 evaluations, not k_max+1.
-        f_prev = rate(terms, batch_size, prev, perf.spec_step_time(batch_size, context_tokens, prev))
+        f_prev = self._rate(terms, batch_size, prev, perf.spec_step_time(batch_size, context_tokens, prev))
         best, f_best = prev, f_prev
         while best < self.k_max:
-            f = rate(terms, batch_size, best + 1, perf.spec_step_time(batch_size, context_tokens, best + 1))
+            f = self._rate(terms, batch_size, best + 1, perf.spec_step_time(batch_size, context_tokens, best + 1))
             if f <= f_best:
                 break
             best, f_best = best + 1, f
         if best == prev:
             while best > 0:
-                f = rate(terms, batch_size, best - 1, perf.spec_step_time(batch_size, context_tokens, best - 1))
+                f = self._rate(terms, batch_size, best - 1, perf.spec_step_time(batch_size, context_tokens, best - 1))
                 if f <= f_best:
                     break
                 best, f_best = best - 1, f

@@ -117,11 +117,13 @@ class Cluster:
         self._next_index = 0
         self._timer: simpy.Event | None = None  # the scheduler's pending deadline, if any
         self._timer_at = math.inf
+        arrival = workload.arrival
+        self._arrival_times: list[float] = [] if workload.concurrency or arrival is None else arrival.tolist()
         if workload.concurrency:
             for _ in range(min(workload.concurrency, len(workload))):
                 self.env.process(self._client())
         else:
-            self.env.process(self._open_loop())
+            self._open_loop()
         for fault in cfg.faults:
             self.env.process(self._fault(fault))
 
@@ -157,14 +159,23 @@ class Cluster:
         self._capacity_freed()
 
     # ------------------------------------------------------------ arrivals
-    def _open_loop(self) -> Generator[simpy.Event, Any, None]:
-        env = self.env
-        arrival = self.workload.arrival
-        assert arrival is not None
-        for i, t in enumerate(arrival.tolist()):
-            if t > env.now:
-                yield env.timeout(t - env.now)
-            self._arrive(i, t)
+    def _open_loop(self, due: bool = False) -> None:
+        """Open-loop arrivals, driven by timeout callbacks (no SimPy process: one less
+        interpreted resumption per request): every arrival due now, then a timeout to
+        the next one; ``due``: that timeout has just fired, so the next one arrives."""
+        env, times = self.env, self._arrival_times
+        i = self._next_index
+        while i < len(times):
+            t = times[i]
+            if t > env.now and not due:
+                env.timeout(t - env.now).callbacks.append(self._arrival_due)
+                return
+            due = False
+            self._next_index = i = i + 1
+            self._arrive(i - 1, t)
+
+    def _arrival_due(self, _event: simpy.Event) -> None:
+        self._open_loop(True)
 
     def _client(self) -> Generator[simpy.Event, Any, None]:
         """One closed-loop client: send a request, wait until it settles, think, repeat."""

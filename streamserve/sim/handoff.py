@@ -12,7 +12,6 @@ broke the transfer) the destination recomputes the prompt itself, as vLLM's
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable
 
 import simpy
@@ -23,12 +22,17 @@ from streamserve.perfmodel import transfer_time
 from streamserve.sim.lane import SimLane
 
 
-@dataclass(slots=True, eq=False)
 class Move:
-    req: Request
-    src: SimLane
-    dst: SimLane
-    sending: bool = False
+    """One request's KV on its way from ``src`` to ``dst`` (a plain class: mypyc builds
+    it natively, where a dataclass's ``__init__`` would run interpreted)."""
+
+    __slots__ = ("req", "src", "dst", "sending")
+
+    def __init__(self, req: Request, src: SimLane, dst: SimLane) -> None:
+        self.req = req
+        self.src = src
+        self.dst = dst
+        self.sending = False
 
 
 class Handoff:

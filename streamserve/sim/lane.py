@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import random
 from collections import deque
-from typing import Any, Generator, Protocol
+from typing import Callable, Protocol
 
 import simpy
 
@@ -42,6 +42,7 @@ STEP_EWMA = 0.2
 ACCEPT_EWMA = 0.1
 SAMPLE_EVERY = 1.0  # seconds of simulated time between usage samples, at first
 MAX_SAMPLES = 4096  # beyond this the samples are thinned out and the interval doubled
+_NONE: list[Seq] = []  # (never appended to) no step's end is being reported
 
 
 class LaneHost(Protocol):
@@ -124,7 +125,18 @@ class SimLane:
         self._next_sample = SAMPLE_EVERY
         self._lease_armed = False
         self._wake: simpy.Event | None = None
-        self.process = env.process(self._loop())
+        # the step in flight (planned, not yet applied), and a step's end being reported
+        self._k = self._n = self._ctx = 0
+        self._dt = self._end = 0.0
+        self._step_epoch = 0
+        self._prefilled: list[Seq] = _NONE
+        self._finished: list[Seq] = _NONE
+        # the event callbacks, bound once
+        self._on_wake: Callable[[simpy.Event], None] = self._woken
+        self._on_step_due: Callable[[simpy.Event], None] = self._step_due
+        self._on_step_seen: Callable[[simpy.Event], None] = self._step_seen
+        self._on_reported: Callable[[simpy.Event], None] = self._reported
+        self._sleep()  # no work yet
 
     # ------------------------------------------------------------ policy view
     @property
@@ -455,11 +467,11 @@ class SimLane:
         accepted = added = 0
         by_class: dict[str, list[int]] | None = None
         if k:
-            rnd, log = self.rng.random, math.log
+            rnd = self.rng.random  # (math.log is called as such: mypyc compiles that to C's log)
             if len(self.class_counts) > 1:
                 by_class = {}
             for seq in dec:
-                g = int(log(1.0 - rnd()) / seq.log_alpha)
+                g = int(math.log(1.0 - rnd()) / seq.log_alpha)
                 if g > k:
                     g = k
                 accepted += g
@@ -581,16 +593,29 @@ class SimLane:
             self._sample_every *= 2
         self._next_sample = now + self._sample_every
 
-    def _loop(self) -> Generator[simpy.Event, Any, None]:
+    # ------------------------------------------------------------ the engine loop
+    # The loop is driven by SimPy event callbacks rather than a SimPy process: each wait
+    # (for work, for a step's end, for what a step set off) is one event whose callback
+    # carries on in ``_run``, which spares every step a process resumption (interpreted
+    # in SimPy) and a generator switch. The events, and so their order, are those a
+    # process would wait on.
+    def _sleep(self) -> None:
+        """Wait for work, memory or recovery: ``wake`` resumes the loop."""
+        wake = self._wake = self.env.event()
+        wake.callbacks.append(self._on_wake)
+
+    def _woken(self, _event: simpy.Event) -> None:
+        self._wake = None
+        self._run(self.env.now)
+
+    def _run(self, now: float) -> None:
+        """Run engine steps from ``now`` (the lane's clock: ahead of ``env.now`` while it
+        runs steps nobody can observe) until the lane has to wait for an event."""
         env = self.env
-        now = env.now  # the lane's clock: ahead of env.now while it runs steps nobody can observe
         while True:
             if self.down or not (self.running or self.waiting or self.ready):
-                self._wake = env.event()
-                yield self._wake
-                self._wake = None
-                now = env.now
-                continue
+                self._sleep()
+                return
             k = self._plan(now)
             if k < 0:
                 if self.ready:
@@ -600,53 +625,83 @@ class SimLane:
                     if len(self.running) >= self.max_num_seqs:
                         self._preempt(self.running[-1], now)
                     continue
-                self._wake = env.event()  # blocked on memory: wait for a transfer or a failure
-                yield self._wake
-                self._wake = None
-                now = env.now
-                continue
-            chunks = self._chunks
+                self._sleep()  # blocked on memory: wait for a transfer or a failure
+                return
             n = 0 if self._prefill_only else len(self.dec)
             ctx = 0 if self._prefill_only else self.ctx_dec  # a prefill-only step reads no decode KV
             dt = self.perf.step_time(self._prefill_tokens, self._prefill_sq, n, ctx, k) * self.slow
             self._start_step(now)
             end = now + dt
+            self._k, self._n, self._ctx, self._dt = k, n, ctx, dt
             # Run ahead: if no other event is due before this step ends, nothing can see
             # the lane mid-step, so its results are applied at once and SimPy is only
             # asked to advance time when something visible happens (a token count that
             # finishes a request, a first token). The results are the same either way.
-            deferred = end >= env.peek()
-            if deferred:
-                epoch = self.epoch
-                yield env.timeout(end - env.now)
-                if epoch != self.epoch:
-                    now = env.now
-                    continue  # emptied mid-step: the cluster already took every request
-                end = env.now  # the same instant, without float drift against the clock
-            self._account(end, dt, n + len(chunks))
-
-            finished: list[Seq] = []
-            accepted = 0
-            by_class: dict[str, list[int]] | None = None
-            if n:
-                accepted, by_class = self._decode(k, finished)
-                self._record_gaps(n, dt, end)
-            prefilled: list[Seq] = []
-            if chunks:
-                self._finish_chunks(end, prefilled, finished)
-            if n or self.spec is not None:
-                self._observe(k, n, ctx, accepted, dt, end, by_class)
-
-            for seq in finished:
-                if seq.decoding:
-                    self._stop_decoding(seq)
-                if self.role is not LaneRole.PREFILL:
-                    self.running.remove(seq)
-                seq.req.generated = seq.req.output_len
-                self.kv.release(seq)
-            if prefilled or finished:
-                if not deferred:
-                    yield env.timeout(end - env.now)
-                if self.host.step_done(self, prefilled, finished, end):
-                    yield env.timeout(0)  # let it happen first
+            if end >= env.peek():
+                self._step_epoch = self.epoch
+                env.timeout(end - env.now).callbacks.append(self._on_step_due)
+                return
+            if self._end_step(end, False):
+                return
             now = end
+
+    def _step_due(self, _event: simpy.Event) -> None:
+        """The end of a step that others could see mid-way has come."""
+        end = self.env.now  # the step's end, without float drift against the clock
+        if self._step_epoch != self.epoch:
+            self._run(end)  # emptied mid-step: the cluster already took every request
+        elif not self._end_step(end, True):
+            self._run(end)
+
+    def _end_step(self, end: float, on_clock: bool) -> bool:
+        """Apply the results of the step planned last, ending at ``end``. True when the
+        lane now waits for an event (whose callback carries on); ``on_clock``: the clock
+        is at ``end`` already (else the lane ran ahead of it)."""
+        k, n, ctx, dt = self._k, self._n, self._ctx, self._dt
+        chunks = self._chunks
+        self._account(end, dt, n + len(chunks))
+
+        finished: list[Seq] = []
+        accepted = 0
+        by_class: dict[str, list[int]] | None = None
+        if n:
+            accepted, by_class = self._decode(k, finished)
+            self._record_gaps(n, dt, end)
+        prefilled: list[Seq] = []
+        if chunks:
+            self._finish_chunks(end, prefilled, finished)
+        if n or self.spec is not None:
+            self._observe(k, n, ctx, accepted, dt, end, by_class)
+
+        for seq in finished:
+            if seq.decoding:
+                self._stop_decoding(seq)
+            if self.role is not LaneRole.PREFILL:
+                self.running.remove(seq)
+            seq.req.generated = seq.req.output_len
+            self.kv.release(seq)
+        if not (prefilled or finished):
+            return False
+        self._end, self._prefilled, self._finished = end, prefilled, finished
+        if not on_clock:  # let the clock reach the step's end before anyone hears of it
+            self.env.timeout(end - self.env.now).callbacks.append(self._on_step_seen)
+            return True
+        return self._report()
+
+    def _step_seen(self, _event: simpy.Event) -> None:
+        """The clock has reached the end of a step the lane ran ahead with."""
+        if not self._report():
+            self._run(self._end)
+
+    def _report(self) -> bool:
+        """Tell the host what the step ended; True when that set off something that must
+        happen first (the lane then waits a zero timeout)."""
+        end, prefilled, finished = self._end, self._prefilled, self._finished
+        self._prefilled = self._finished = _NONE
+        if self.host.step_done(self, prefilled, finished, end):
+            self.env.timeout(0).callbacks.append(self._on_reported)
+            return True
+        return False
+
+    def _reported(self, _event: simpy.Event) -> None:
+        self._run(self._end)
