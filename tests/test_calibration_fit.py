@@ -107,3 +107,27 @@ def test_repeat_spread_is_the_noise_of_identical_steps():
     assert repeat_spread(cols) == 0.0
     cols["dt"] = 0.05 * np.exp(0.1 * np.random.default_rng(0).standard_normal(3000))
     assert 0.05 < repeat_spread(cols) < 0.09  # median |dev| of a 10% log-normal spread: ~6.7%
+
+
+def test_each_role_gets_its_own_coefficients():
+    """Prefill and decode engines of one deployment: two sets, each recovered, and the
+    profile holds one per role (the simulator looks them up by lane role)."""
+    from streamserve.calibration.fit import combined, fit_by_role, profile_json
+
+    pre, dec = synthetic_steps(1500, seed=2), synthetic_steps(1500, seed=3)
+    slower = {**TRUE, "prompt.overhead_ms": 9.0, "decode.overhead_ms": 7.0}
+    from streamserve.calibration.fit import design
+    dec["dt"] = predict(slower, design(dec)) * 1e-3
+    pre["role"] = np.array(["prefill"] * 1500)
+    cols = {k: np.concatenate([pre[k], dec[k]]) for k in pre}
+    fits = fit_by_role(cols)
+    assert set(fits) == {"prefill", "decode"}
+    assert fits["prefill"].params["prompt.overhead_ms"] == pytest.approx(3.0, rel=0.02)
+    assert fits["decode"].params["prompt.overhead_ms"] == pytest.approx(9.0, rel=0.02)
+    total = combined(fits, cols)
+    assert total.n_test == fits["prefill"].n_test + fits["decode"].n_test and total.median_ape < 1e-3
+    meta = {"perf_model": "smollm2-135m", "gpu": "cpu", "lanes": [{"tp": 1}], "speculation": {"method": "ngram"},
+            "model": "m", "device": "cpu"}
+    roles = profile_json(fits, meta, 1000, "test", None, cols)["entries"][0]["roles"]
+    assert set(roles) == {"prefill", "decode"} and "draft" in roles["decode"] and "draft" not in roles["prefill"]
+    assert roles["decode"]["prompt"]["overhead_ms"] == pytest.approx(9.0, rel=0.02)

@@ -46,8 +46,13 @@ class Calibration:
     profile: Profile
     link: dict[str, float]
     acceptance: dict[str, float]
-    params: dict[str, float]  # the fit's coefficients by ``fit.PARAMS`` name (ms)
+    params: dict[str, float]  # the fit's coefficients by ``fit.PARAMS`` name (ms); connector terms of every role
     request_overhead_s: float = 0.0  # fit.request_overhead_ms, seconds
+    role_params: dict[str, dict[str, float]] | None = None  # per role ("*": every role), ``fit.PARAMS`` names
+
+    def params_of(self, role: str) -> dict[str, float]:
+        roles = self.role_params or {"*": self.params}
+        return roles.get(role) or roles.get("*") or next(iter(roles.values()))
 
     @classmethod
     def load(cls, path: str | Path) -> "Calibration":
@@ -57,19 +62,25 @@ class Calibration:
         if not isinstance(section, dict):
             raise ProfileError(f"{path}: no 'calibration' section (write the profile with `streamserve calibrate`)")
         link = section.get("link") or {}
-        params = {name: 0.0 for name in PARAMS}
+        role_params: dict[str, dict[str, float]] = {}
         try:
-            role = data["entries"][0]["roles"]["*"]
-            for which in ("prompt", "decode"):
-                params.update({f"{which}.{k}": float(v) for k, v in role[which].items()})
-            params["draft_host_ms_per_seq"] = float(role.get("draft", {}).get("host_ms_per_seq", 0.0))
-            params.update({k: float(v) for k, v in section.get("connector_io", {}).items()})
-        except (KeyError, IndexError, TypeError, ValueError):
-            raise ProfileError(f"{path}: not a profile written by `streamserve calibrate` (entries[0].roles.*)") from None
+            connector = {k: float(v) for k, v in section.get("connector_io", {}).items()}
+            for name, body in data["entries"][0]["roles"].items():
+                params = {p: 0.0 for p in PARAMS}
+                for which in ("prompt", "decode"):
+                    params.update({f"{which}.{k}": float(v) for k, v in body[which].items()})
+                params["draft_host_ms_per_seq"] = float(body.get("draft", {}).get("host_ms_per_seq", 0.0))
+                params.update(connector)
+                role_params[str(name)] = params
+            merged = dict(next(iter(role_params.values())))
+            merged["draft_host_ms_per_seq"] = max(p["draft_host_ms_per_seq"] for p in role_params.values())
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError, StopIteration):
+            raise ProfileError(f"{path}: not a profile written by `streamserve calibrate` "
+                               "(entries[0].roles.<role>.prompt/decode)") from None
         return cls(Path(path), profile, {"bandwidth_gbps": float(link.get("bandwidth_gbps", 1e6)),
                                          "latency_ms": float(link.get("latency_ms", 0.0))},
-                   {str(k): float(v) for k, v in (section.get("acceptance") or {}).items()}, params,
-                   float(section.get("request_overhead_ms") or 0.0) * 1e-3)
+                   {str(k): float(v) for k, v in (section.get("acceptance") or {}).items()}, merged,
+                   float(section.get("request_overhead_ms") or 0.0) * 1e-3, role_params)
 
 
 def check_profile_covers(cal: Calibration, model: str, gpu: str, tps: set[int]) -> None:
@@ -183,7 +194,11 @@ def step_check(steps: list[records.StepRecord], cal: Calibration) -> dict[str, f
         return {}
     cols = records.columns(steps)
     measured = cols["dt"] * 1e3
-    pred = predict(cal.params, design(cols))
+    x = design(cols)
+    pred = np.zeros(len(measured))
+    for role in set(cols["role"].tolist()):
+        sel = cols["role"] == role
+        pred[sel] = predict(cal.params_of(role), {k: v[sel] for k, v in x.items()})
     ape = np.abs(pred - measured) / measured
     return {"steps": len(steps), "median_abs_pct_error": float(100 * np.median(ape)),
             "p90_abs_pct_error": float(100 * np.percentile(ape, 90)),

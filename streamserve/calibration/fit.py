@@ -205,6 +205,44 @@ def fit_steps(cols: dict[str, np.ndarray], seed: int = 0, holdout: float = 0.2) 
         test_prompt=x_te["prompt"], test_tokens=x_te["T"])
 
 
+def fit_by_role(cols: dict[str, np.ndarray], seed: int = 0, holdout: float = 0.2) -> dict[str, FitResult]:
+    """One fit per engine role (``prefill``, ``decode``, ``colocated``). On a disaggregated
+    deployment a "step with prompt tokens" is two different things: on the prefill engine
+    a full prompt whose KV is written out, on the decode engine the few prompt tokens the
+    connector did not bring plus the KV it reads in; fitted as one set (as before) they
+    blurred each other. The simulator looks coefficients up by the lane's role."""
+    roles = sorted(set(cols["role"].tolist()))
+    if len(roles) == 1:
+        return {roles[0]: fit_steps(cols, seed, holdout)}
+    return {role: fit_steps({k: v[cols["role"] == role] for k, v in cols.items()}, seed, holdout)
+            for role in roles}
+
+
+def combined(fits: dict[str, FitResult], cols: dict[str, np.ndarray]) -> FitResult:
+    """The held-out errors of every role's fit together (one set of coefficients per role
+    stays in ``fits``; ``params`` here are the connector and drafter terms of the role that
+    carries them: saving on prefill engines, loading and drafting on decode engines)."""
+    if len(fits) == 1:
+        return next(iter(fits.values()))
+    parts = list(fits.values())
+    y = np.concatenate([f.test_measured for f in parts])
+    pred = np.concatenate([f.test_predicted for f in parts])
+    ape = np.abs(pred - y) / y
+    params = dict(next(iter(fits.values())).params)
+    for name, role in (("kv_save_ms_per_token", "prefill"), ("kv_load_ms_per_token", "decode"),
+                       ("handoff_ms", "decode"), ("draft_host_ms_per_seq", "decode")):
+        if role in fits:
+            params[name] = fits[role].params[name]
+    return FitResult(
+        params=params, fixed=[], n_train=sum(f.n_train for f in parts), n_test=len(y), r2=_r2(y, pred),
+        median_ape=float(np.median(ape)), p90_ape=float(np.percentile(ape, 90)),
+        r2_train=float(np.average([f.r2_train for f in parts], weights=[f.n_train for f in parts])),
+        seconds=sum(f.seconds for f in parts), acceptance=fit_acceptance(cols), noise_floor=repeat_spread(cols),
+        busy_ratio=float(pred.sum() / y.sum()), test_measured=y, test_predicted=pred,
+        test_prompt=np.concatenate([f.test_prompt for f in parts]),
+        test_tokens=np.concatenate([f.test_tokens for f in parts]))
+
+
 def repeat_spread(cols: dict[str, np.ndarray]) -> float:
     """Median |dt - median dt of its group| / dt over steps whose shape repeats (same
     role, tokens, prompt tokens, decoding sequences, hand-off or not; groups of >= 3):
@@ -261,30 +299,36 @@ def link_from_fit(params: dict[str, float], kv_bytes_per_token_spec: int) -> dic
     return {"bandwidth_gbps": bw, "latency_ms": params["handoff_ms"]}
 
 
-def profile_json(fit: FitResult, meta: dict[str, Any], kv_bytes_spec: int, source: str,
-                 overhead_ms: float | None = None) -> dict[str, Any]:
-    """A version-2 profile (``streamserve/profiles/README.md``) holding the fit, with the
-    link, acceptance and fit quality in a ``calibration`` section the simulator's
-    ``fidelity`` run reads."""
-    role: dict[str, Any] = {"prompt": fit.coeffs("prompt").as_dict(), "decode": fit.coeffs("decode").as_dict()}
+def profile_json(fits: dict[str, FitResult], meta: dict[str, Any], kv_bytes_spec: int, source: str,
+                 overhead_ms: float | None = None, cols: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+    """A version-2 profile (``streamserve/profiles/README.md``) holding one coefficient set
+    per role (``*`` when the deployment has one role), with the link, acceptance and fit
+    quality in a ``calibration`` section the simulator's ``fidelity`` run reads."""
+    total = combined(fits, cols) if cols is not None else next(iter(fits.values()))
     method = meta["speculation"].get("method", "none")
-    if method == "ngram":
-        role["draft"] = {"method": "ngram", "host_ms_per_seq": fit.params["draft_host_ms_per_seq"]}
+    roles: dict[str, Any] = {}
+    for role, fit in fits.items():
+        body: dict[str, Any] = {"prompt": fit.coeffs("prompt").as_dict(), "decode": fit.coeffs("decode").as_dict()}
+        if method == "ngram" and role != "prefill":
+            body["draft"] = {"method": "ngram", "host_ms_per_seq": fit.params["draft_host_ms_per_seq"]}
+        roles["*" if len(fits) == 1 else role] = body
     tps = sorted({int(lane["tp"]) for lane in meta["lanes"]})
     return {
         "format": "streamserve-profile", "version": 2, "source": source,
-        "entries": [{"model": meta["perf_model"], "gpu": meta["gpu"], "tp": tp, "roles": {"*": role}} for tp in tps],
+        "entries": [{"model": meta["perf_model"], "gpu": meta["gpu"], "tp": tp, "roles": roles} for tp in tps],
         "calibration": {
             "model_folder": meta["model"], "device": meta["device"], "dtype": meta.get("dtype"),
-            "link": link_from_fit(fit.params, kv_bytes_spec), "acceptance": fit.acceptance,
+            "link": link_from_fit(total.params, kv_bytes_spec), "acceptance": total.acceptance,
             "request_overhead_ms": overhead_ms,
-            "connector_io": {k: fit.params[k] for k in EXTRA_FIELDS[1:]},
-            "fixed_at_zero": fit.fixed,
-            "objective": "least squares on step time (ms): the mean step time",
-            "held_out": {"steps": fit.n_test, "r2": fit.r2, "median_abs_pct_error": 100 * fit.median_ape,
-                         "p90_abs_pct_error": 100 * fit.p90_ape},
-            "repeat_spread_pct": 100 * fit.noise_floor, "held_out_busy_ratio": fit.busy_ratio,
-            "train_steps": fit.n_train,
+            "connector_io": {k: total.params[k] for k in EXTRA_FIELDS[1:]},
+            "fixed_at_zero": {role: fit.fixed for role, fit in fits.items()},
+            "objective": "least squares on step time (ms), one fit per engine role: the mean step time",
+            "held_out": {"steps": total.n_test, "r2": total.r2, "median_abs_pct_error": 100 * total.median_ape,
+                         "p90_abs_pct_error": 100 * total.p90_ape,
+                         "by_role": {role: {"steps": f.n_test, "median_abs_pct_error": 100 * f.median_ape,
+                                            "p90_abs_pct_error": 100 * f.p90_ape} for role, f in fits.items()}},
+            "repeat_spread_pct": 100 * total.noise_floor, "held_out_busy_ratio": total.busy_ratio,
+            "train_steps": total.n_train,
         },
     }
 

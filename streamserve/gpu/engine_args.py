@@ -183,6 +183,10 @@ def engine_env(lane_id: int, entry: EngineEntry, cfg: LiveConfig, base: dict[str
         env["VLLM_CPU_KVCACHE_SPACE"] = str(cfg.cpu_kvcache_space_gib)
         threads = entry.cpu_threads or 1
         env["OMP_NUM_THREADS"] = str(threads)
+        # vLLM's n-gram drafter runs numba's OpenMP pool, sized by default to every core of the
+        # machine; its idle threads spin in a barrier, taking CPU from the engines (measured:
+        # 3 of 10 s of a core on the 2-core machine of docs/results/fidelity/). Same budget as torch.
+        env["NUMBA_NUM_THREADS"] = str(threads)
         env["VLLM_CPU_OMP_THREADS_BIND"] = "nobind"
     if speculates(entry, cfg):
         policy = cfg.spec_policy.model_dump()
