@@ -197,7 +197,7 @@ def engine_env(lane_id: int, entry: EngineEntry, cfg: LiveConfig, base: dict[str
         if perf["profile"] is not None:  # the engine may run elsewhere than the config's folder
             perf["profile"] = str(Path(perf["profile"]).resolve())
         env[ENV_SPEC_POLICY] = json.dumps({
-            "lane_id": lane_id, "tp": entry.tp, "policy": policy,
+            "lane_id": lane_id, "tp": entry.tp, "role": entry.role, "policy": policy,
             "perf": perf, "draft": cfg.draft_profile_name,
         }, sort_keys=True)
         if k_trace is not None:
