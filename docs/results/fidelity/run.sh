@@ -8,6 +8,7 @@
 #   docs/results/fidelity/run.sh pd "capacity:5:100 poisson:0.3x:200 gamma:0.85x:200"
 #       # capacity:RATE:N measures the live capacity (Poisson far above it); RATE "0.3x" = that fraction of it
 #   docs/results/fidelity/run.sh coloc-profile                       # the colocated engine's own profile
+#   docs/results/fidelity/run.sh replay     # every run's simulated side again from its recorded live side
 #   PROFILE_FIRST=1 docs/results/fidelity/run.sh pd "CELLS"          # profile --attach + calibrate on the
 #       same engines first (what was run: one start-up for all; k then follows the config's SpecuStream)
 #
@@ -81,6 +82,16 @@ coloc-profile)
   flock /tmp/vllm.lock "$PY" -m streamserve.cli profile --config "$D/smollm2-coloc.yaml" --out "$D/profile-coloc" --grid small
   log calibrate "$D/profile-coloc" --out "$D/smollm2-coloc-profile.json"
   "$PY" -m streamserve.cli calibrate "$D/profile-coloc" --out "$D/smollm2-coloc-profile.json" | tee "$D/calibrate-coloc.txt"
+  ;;
+replay)  # simulate every recorded live run again (current simulator and profiles; no engines)
+  for f in "$D"/*/fidelity.json; do
+    dir=$(dirname "$f"); name=$(basename "$dir"); cfg="$D/smollm2-${name%%-*}.yaml"
+    profile=$("$PY" -c "import sys; from streamserve.gpu.config import load_live; print(load_live(sys.argv[1]).perf.profile)" "$cfg")
+    seed=$("$PY" -c "import json, sys; print(json.load(open(sys.argv[1]))['seed'])" "$f")
+    log fidelity --config "$cfg" --profile "$profile" --replay-live "$dir" --seed "$seed" --out "$dir"
+    "$PY" -m streamserve.cli fidelity --config "$cfg" --profile "$profile" --replay-live "$dir" --seed "$seed" \
+      --out "$dir" | tee "$dir.txt"
+  done
   ;;
 pd|coloc)
   export -f cells log; export PY D PROFILE_FIRST GRID
