@@ -131,3 +131,22 @@ def test_each_role_gets_its_own_coefficients():
     roles = profile_json(fits, meta, 1000, "test", None, cols)["entries"][0]["roles"]
     assert set(roles) == {"prefill", "decode"} and "draft" in roles["decode"] and "draft" not in roles["prefill"]
     assert roles["decode"]["prompt"]["overhead_ms"] == pytest.approx(9.0, rel=0.02)
+
+
+def test_handoff_cost_is_what_a_loading_step_takes_beyond_decoding():
+    """A decode engine's step that takes in h requests with KV costs a decode step of
+    B + h sequences plus the hand-off cost per request: that cost is recovered."""
+    from streamserve.calibration.fit import design, handoff_cost_ms
+
+    rng = np.random.default_rng(5)
+    n = 200
+    b, h = rng.integers(0, 8, n).astype(float), rng.integers(1, 3, n).astype(float)
+    ctx, loaded = b * 300.0, h * 128.0
+    decoding = {"tokens": b + h, "prompt_tokens": np.zeros(n), "prompt_sq": np.zeros(n), "decode_seqs": b + h,
+                "decode_ctx": ctx + loaded, "k": np.zeros(n), "kv_saved": np.zeros(n), "kv_loaded": np.zeros(n),
+                "handoffs": np.zeros(n)}
+    cols = {"tokens": b + h * 5, "prompt_tokens": h * 5, "prompt_sq": h * 25, "decode_seqs": b, "decode_ctx": ctx,
+            "spec_tokens": np.zeros(n), "k": np.zeros(n), "kv_loaded": loaded, "kv_saved": np.zeros(n),
+            "handoffs": h}
+    cols["dt"] = (predict(TRUE, design(decoding)) + 40.0 * h) * 1e-3
+    assert handoff_cost_ms(TRUE, cols) == pytest.approx(40.0, rel=1e-6)

@@ -233,6 +233,10 @@ def combined(fits: dict[str, FitResult], cols: dict[str, np.ndarray]) -> FitResu
                        ("handoff_ms", "decode"), ("draft_host_ms_per_seq", "decode")):
         if role in fits:
             params[name] = fits[role].params[name]
+    if "decode" in fits and "prefill" in fits:
+        params["kv_load_ms_per_token"] = 0.0
+        params["handoff_ms"] = handoff_cost_ms(fits["decode"].params, {k: v[cols["role"] == "decode"]
+                                                                       for k, v in cols.items()})
     return FitResult(
         params=params, fixed=[], n_train=sum(f.n_train for f in parts), n_test=len(y), r2=_r2(y, pred),
         median_ape=float(np.median(ape)), p90_ape=float(np.percentile(ape, 90)),
@@ -241,6 +245,25 @@ def combined(fits: dict[str, FitResult], cols: dict[str, np.ndarray]) -> FitResu
         busy_ratio=float(pred.sum() / y.sum()), test_measured=y, test_predicted=pred,
         test_prompt=np.concatenate([f.test_prompt for f in parts]),
         test_tokens=np.concatenate([f.test_tokens for f in parts]))
+
+
+def handoff_cost_ms(params: dict[str, float], cols: dict[str, np.ndarray]) -> float:
+    """What a hand-off costs a decode engine fed by a prefill engine, per hand-off: the
+    time of its steps that took in requests with KV beyond a decode step of the same
+    sequences with the new ones already decoding (what the simulator runs once the KV has
+    arrived). It is the KV read (ExampleConnector: one file per layer) plus the few prompt
+    tokens the connector did not bring; the simulator has no step for it, so it becomes
+    the link's latency (the request's first token comes that much later there too)."""
+    sel = cols["handoffs"] > 0
+    if not sel.any():
+        return 0.0
+    n = int(sel.sum())
+    h = cols["handoffs"][sel]
+    b = cols["decode_seqs"][sel] + h
+    decoding = {"T": b + cols["spec_tokens"][sel], "P2": np.zeros(n), "C": cols["decode_ctx"][sel] + cols["kv_loaded"][sel],
+                "draftB": b * (cols["k"][sel] > 0), "saved": np.zeros(n), "loaded": np.zeros(n),
+                "handoffs": np.zeros(n), "prompt": np.zeros(n, dtype=bool)}
+    return float(np.sum(cols["dt"][sel] * 1e3 - predict(params, decoding)) / np.sum(h))
 
 
 def repeat_spread(cols: dict[str, np.ndarray]) -> float:
