@@ -34,6 +34,7 @@ from streamserve.roofline import STEP_FIELDS, StepCoeffs
 EXTRA_FIELDS = ("draft_host_ms_per_seq", "kv_save_ms_per_token", "kv_load_ms_per_token", "handoff_ms")
 PARAMS = tuple(f"prompt.{f}" for f in STEP_FIELDS) + tuple(f"decode.{f}" for f in STEP_FIELDS) + EXTRA_FIELDS
 MIN_ACCEPTANCE_STEPS = 5
+MIN_ROLE_STEPS = 20  # fewer steps of a role than this: one fit for every role
 
 
 @dataclass
@@ -212,8 +213,8 @@ def fit_by_role(cols: dict[str, np.ndarray], seed: int = 0, holdout: float = 0.2
     connector did not bring plus the KV it reads in; fitted as one set (as before) they
     blurred each other. The simulator looks coefficients up by the lane's role."""
     roles = sorted(set(cols["role"].tolist()))
-    if len(roles) == 1:
-        return {roles[0]: fit_steps(cols, seed, holdout)}
+    if len(roles) == 1 or min(int(np.sum((cols["role"] == r) & (cols["dt"] > 0))) for r in roles) < MIN_ROLE_STEPS:
+        return {"*" if len(roles) > 1 else roles[0]: fit_steps(cols, seed, holdout)}  # too few steps to split
     return {role: fit_steps({k: v[cols["role"] == role] for k, v in cols.items()}, seed, holdout)
             for role in roles}
 

@@ -19,7 +19,16 @@ set -euo pipefail
 # within one session, and every other session's jobs, niced or not, get an equal share of the
 # cores. AUTOGROUP_NICE=-19 gives this script's session (start it with `setsid`) the weight
 # other jobs' `nice -n 19` meant to give it (what the measurements of README.md used).
+# vLLM's engines start in sessions of their own: boost() gives them the same weight.
 if [ -n "${AUTOGROUP_NICE:-}" ]; then echo "$AUTOGROUP_NICE" > /proc/self/autogroup; fi
+descendants() { local c; for c in $(pgrep -P "$1"); do echo "$c"; descendants "$c"; done; }
+boost() {  # $1: a pid; while it runs, its descendants' sessions get AUTOGROUP_NICE
+  [ -n "${AUTOGROUP_NICE:-}" ] || return 0
+  ( while kill -0 "$1" 2>/dev/null; do
+      for c in $(descendants "$1"); do echo "$AUTOGROUP_NICE" > "/proc/$c/autogroup" 2>/dev/null || true; done
+      sleep 5
+    done ) &
+}
 cd "$(dirname "$0")/../../.."
 PY=${PYTHON:-python}
 D=docs/results/fidelity
@@ -34,6 +43,7 @@ cells() {  # $1: pd|coloc, $2: cells; runs while holding the engine lock
   log "(python -m streamserve.calibration.live --config $cfg &: engines and front end, every engine logging steps)"
   "$PY" -m streamserve.calibration.live --config "$cfg" > "/tmp/streamserve-i13-serve-$1.log" 2>&1 &
   local serve_pid=$!
+  boost $serve_pid
   trap 'kill -TERM $serve_pid 2>/dev/null; wait $serve_pid 2>/dev/null || true' RETURN
   until curl -sf "http://127.0.0.1:$port/health" > /dev/null; do
     kill -0 $serve_pid 2>/dev/null || { echo "serve failed: /tmp/streamserve-i13-serve-$1.log"; return 1; }
@@ -73,20 +83,22 @@ cells() {  # $1: pd|coloc, $2: cells; runs while holding the engine lock
 case "$1" in
 profile)
   log profile --config "$D/smollm2-pd.yaml" --out "$D/profile-pd" --grid small
-  flock /tmp/vllm.lock "$PY" -m streamserve.cli profile --config "$D/smollm2-pd.yaml" --out "$D/profile-pd" --grid small
+  flock /tmp/vllm.lock "$PY" -m streamserve.cli profile --config "$D/smollm2-pd.yaml" --out "$D/profile-pd" --grid small &
+  p=$!; boost $p; wait $p
   log calibrate "$D/profile-pd" --out "$D/smollm2-profile.json"
   "$PY" -m streamserve.cli calibrate "$D/profile-pd" --out "$D/smollm2-profile.json" | tee "$D/calibrate-pd.txt"
   ;;
 coloc-profile)
   log profile --config "$D/smollm2-coloc.yaml" --out "$D/profile-coloc" --grid small
-  flock /tmp/vllm.lock "$PY" -m streamserve.cli profile --config "$D/smollm2-coloc.yaml" --out "$D/profile-coloc" --grid small
+  flock /tmp/vllm.lock "$PY" -m streamserve.cli profile --config "$D/smollm2-coloc.yaml" --out "$D/profile-coloc" --grid small &
+  p=$!; boost $p; wait $p
   log calibrate "$D/profile-coloc" --out "$D/smollm2-coloc-profile.json"
   "$PY" -m streamserve.cli calibrate "$D/profile-coloc" --out "$D/smollm2-coloc-profile.json" | tee "$D/calibrate-coloc.txt"
   ;;
-replay)  # simulate every recorded live run again (current simulator and profiles; no engines)
+replay)  # simulate every recorded live run again (current simulator; the profile each run names; no engines)
   for f in "$D"/*/fidelity.json; do
     dir=$(dirname "$f"); name=$(basename "$dir"); cfg="$D/smollm2-${name%%-*}.yaml"
-    profile=$("$PY" -c "import sys; from streamserve.gpu.config import load_live; print(load_live(sys.argv[1]).perf.profile)" "$cfg")
+    profile=$("$PY" -c "import json, sys; print(json.load(open(sys.argv[1]))['profile'])" "$f")
     seed=$("$PY" -c "import json, sys; print(json.load(open(sys.argv[1]))['seed'])" "$f")
     log fidelity --config "$cfg" --profile "$profile" --replay-live "$dir" --seed "$seed" --out "$dir"
     "$PY" -m streamserve.cli fidelity --config "$cfg" --profile "$profile" --replay-live "$dir" --seed "$seed" \
@@ -94,7 +106,7 @@ replay)  # simulate every recorded live run again (current simulator and profile
   done
   ;;
 pd|coloc)
-  export -f cells log; export PY D PROFILE_FIRST GRID
+  export -f cells log boost descendants; export PY D PROFILE_FIRST GRID AUTOGROUP_NICE
   flock /tmp/vllm.lock bash -c "WL=(${WL[*]}); cells $1 '$2'"
   ;;
 esac
