@@ -150,3 +150,21 @@ def test_handoff_cost_is_what_a_loading_step_takes_beyond_decoding():
             "handoffs": h}
     cols["dt"] = (predict(TRUE, design(decoding)) + 40.0 * h) * 1e-3
     assert handoff_cost_ms(TRUE, cols) == pytest.approx(40.0, rel=1e-6)
+
+
+def test_contention_with_another_engine_is_fitted_apart_from_the_step_model():
+    cols = synthetic_steps(3000, seed=4)
+    ov = (np.random.default_rng(6).random(3000) < 0.4).astype(float)
+    cols["overlap"] = ov
+    cols["dt"] = cols["dt"] * (1 + 0.4 * ov)
+    fit = fit_steps(cols)
+    assert fit.contention == pytest.approx(0.4, rel=0.02)
+    assert fit.params["decode.overhead_ms"] == pytest.approx(TRUE["decode.overhead_ms"], rel=0.02)
+    assert fit.median_ape < 1e-3
+
+
+def test_overlap_is_the_share_of_a_step_another_engine_was_busy():
+    from streamserve.calibration.fit import overlap
+
+    cols = {"t": np.array([1.0, 2.0, 1.5, 3.0]), "dt": np.array([1.0, 1.0, 1.0, 0.5]), "lane": np.array([0, 0, 1, 1])}
+    assert overlap(cols) == pytest.approx([0.5, 0.5, 1.0, 0.0])

@@ -35,6 +35,7 @@ EXTRA_FIELDS = ("draft_host_ms_per_seq", "kv_save_ms_per_token", "kv_load_ms_per
 PARAMS = tuple(f"prompt.{f}" for f in STEP_FIELDS) + tuple(f"decode.{f}" for f in STEP_FIELDS) + EXTRA_FIELDS
 MIN_ACCEPTANCE_STEPS = 5
 MIN_ROLE_STEPS = 20  # fewer steps of a role than this: one fit for every role
+MIN_CONTENTION_STEPS = 10  # steps that overlapped another engine's, needed to fit the contention term
 
 
 @dataclass
@@ -50,6 +51,7 @@ class FitResult:
     seconds: float
     acceptance: dict[str, float] = field(default_factory=dict)  # per prompt class
     noise_floor: float = math.nan  # repeat_spread(): what no step model can explain
+    contention: float = 0.0  # steps take (1 + contention * overlap) times the step model's time
     busy_ratio: float = math.nan  # held out: predicted / measured total step time
     test_measured: np.ndarray = field(default_factory=lambda: np.zeros(0))
     test_predicted: np.ndarray = field(default_factory=lambda: np.zeros(0))
@@ -143,6 +145,73 @@ def _start(x: dict[str, np.ndarray], y: np.ndarray, free: np.ndarray) -> list[np
     return starts
 
 
+def _fit_shape(x_tr: dict[str, np.ndarray], y_tr: np.ndarray, free: np.ndarray,
+               ov: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+    """Least squares (ms, every term bounded below by 0) of the step model's coefficients
+    and, given each step's ``overlap`` with other engines, of the contention term:
+    dt = step model x (1 + contention x overlap)."""
+    with_c = ov is not None
+    m = ov if ov is not None else np.zeros(len(y_tr))
+
+    def full(theta: np.ndarray) -> np.ndarray:
+        v = np.zeros(len(PARAMS))
+        v[free] = theta[:int(free.sum())]
+        return v
+
+    def gamma(theta: np.ndarray) -> float:
+        return float(theta[-1]) if with_c else 0.0
+
+    scale = float(np.mean(y_tr))
+
+    def residual(theta: np.ndarray) -> np.ndarray:
+        return (predict(full(theta), x_tr) * (1.0 + gamma(theta) * m) - y_tr) / scale
+
+    def jac(theta: np.ndarray) -> np.ndarray:
+        g = gamma(theta)
+        j = jacobian(full(theta), x_tr)[:, free] * (1.0 + g * m)[:, None]
+        if with_c:
+            j = np.hstack([j, (predict(full(theta), x_tr) * m)[:, None]])
+        return j / scale
+
+    best = None
+    for start in _start(x_tr, y_tr, free):
+        s0 = np.concatenate([start[free], [0.1]]) if with_c else start[free]
+        sol = least_squares(residual, s0, jac=jac, bounds=(0.0, np.inf), loss="linear",
+                            x_scale="jac", method="trf", tr_solver="lsmr", max_nfev=500)
+        if best is None or sol.cost < best.cost:
+            best = sol
+    assert best is not None
+    return full(best.x), gamma(best.x)
+
+
+def overlap(cols: dict[str, np.ndarray]) -> np.ndarray:
+    """Per step, how many other engines were in a step during it, on average (0: it ran
+    alone; 1: another engine was busy the whole time). Engines sharing a machine's cores
+    slow each other down; the fit's ``contention`` term is this column's cost. Steps of one
+    engine do not overlap each other, so each other engine's busy time up to a moment is a
+    running sum."""
+    out = np.zeros(len(cols["dt"]))
+    if "t" not in cols or "lane" not in cols:
+        return out
+    end = cols["t"]
+    start = end - cols["dt"]
+    lanes = np.unique(cols["lane"])
+    for other in lanes:
+        theirs = cols["lane"] == other
+        order = np.argsort(start[theirs])
+        s, e = start[theirs][order], end[theirs][order]
+        busy = np.concatenate([[0.0], np.cumsum(e - s)])
+
+        def busy_until(x: np.ndarray) -> np.ndarray:
+            i = np.searchsorted(s, x, side="right")  # that engine's steps begun by x
+            last = np.maximum(i - 1, 0)
+            return np.where(i > 0, busy[last] + np.clip(x - s[last], 0.0, e[last] - s[last]), 0.0)
+
+        mine = ~theirs
+        out[mine] += (busy_until(end[mine]) - busy_until(start[mine])) / cols["dt"][mine]
+    return out
+
+
 def fit_steps(cols: dict[str, np.ndarray], seed: int = 0, holdout: float = 0.2) -> FitResult:
     """Fit the coefficients on 80% of the steps and report errors on the other 20%."""
     t0 = time.perf_counter()
@@ -167,23 +236,9 @@ def fit_steps(cols: dict[str, np.ndarray], seed: int = 0, holdout: float = 0.2) 
         v[free] = theta
         return v
 
-    scale = float(np.mean(y_tr))
-
-    def residual(theta: np.ndarray) -> np.ndarray:
-        return (predict(full(theta), x_tr) - y_tr) / scale
-
-    def jac(theta: np.ndarray) -> np.ndarray:
-        return jacobian(full(theta), x_tr)[:, free] / scale
-
-    best = None
-    for start in _start(x_tr, y_tr, free):
-        sol = least_squares(residual, start[free], jac=jac, bounds=(0.0, np.inf), loss="linear",
-                            x_scale="jac", method="trf", tr_solver="lsmr", max_nfev=500)
-        if best is None or sol.cost < best.cost:
-            best = sol
-    assert best is not None
-    v = np.zeros(len(PARAMS))
-    v[free] = best.x
+    ov_all = cols.get("overlap")
+    ov_tr = ov_all[train] if ov_all is not None else np.zeros(len(train))
+    v, gamma = _fit_shape(x_tr, y_tr, free, ov_tr if (ov_tr > 0.05).sum() >= MIN_CONTENTION_STEPS else None)
     nf = len(STEP_FIELDS)
     for which, off, rows in (("prompt", 0, x_tr["prompt"]), ("decode", nf, ~x_tr["prompt"])):
         if rows.any() and not (v[off + 3] * x_tr["T"][rows] > v[off + 2]).any():
@@ -195,12 +250,13 @@ def fit_steps(cols: dict[str, np.ndarray], seed: int = 0, holdout: float = 0.2) 
     params = {name: float(val) for name, val in zip(PARAMS, v)}
     x_te = {k: val[test] for k, val in x_all.items()}
     y_te = y_all[test]
-    pred_te = predict(v, x_te)
+    ov_te = ov_all[test] if ov_all is not None else np.zeros(len(test))
+    pred_te = predict(v, x_te) * (1.0 + gamma * ov_te)
     ape = np.abs(pred_te - y_te) / y_te
     return FitResult(
         params=params, fixed=fixed, n_train=len(train), n_test=len(test),
         r2=_r2(y_te, pred_te), median_ape=float(np.median(ape)), p90_ape=float(np.percentile(ape, 90)),
-        r2_train=_r2(y_tr, predict(v, x_tr)), seconds=time.perf_counter() - t0,
+        r2_train=_r2(y_tr, predict(v, x_tr) * (1.0 + gamma * ov_tr)), seconds=time.perf_counter() - t0, contention=gamma,
         busy_ratio=float(pred_te.sum() / y_te.sum()),
         acceptance=fit_acceptance(cols), noise_floor=repeat_spread(cols), test_measured=y_te, test_predicted=pred_te,
         test_prompt=x_te["prompt"], test_tokens=x_te["T"])
@@ -212,6 +268,7 @@ def fit_by_role(cols: dict[str, np.ndarray], seed: int = 0, holdout: float = 0.2
     a full prompt whose KV is written out, on the decode engine the few prompt tokens the
     connector did not bring plus the KV it reads in; fitted as one set (as before) they
     blurred each other. The simulator looks coefficients up by the lane's role."""
+    cols = {**cols, "overlap": overlap(cols)}
     roles = sorted(set(cols["role"].tolist()))
     if len(roles) == 1 or min(int(np.sum((cols["role"] == r) & (cols["dt"] > 0))) for r in roles) < MIN_ROLE_STEPS:
         return {"*" if len(roles) > 1 else roles[0]: fit_steps(cols, seed, holdout)}  # too few steps to split
@@ -346,6 +403,10 @@ def profile_json(fits: dict[str, FitResult], meta: dict[str, Any], kv_bytes_spec
             "request_overhead_ms": overhead_ms,
             "connector_io": {k: total.params[k] for k in EXTRA_FIELDS[1:]},
             "fixed_at_zero": {role: fit.fixed for role, fit in fits.items()},
+            # a step takes (1 + contention * overlap) times its time alone, overlap = other engines
+            # in a step meanwhile (fit.overlap); the simulator's lanes do not slow each other, so
+            # fidelity applies it to each lane at the other lanes' simulated utilisation
+            "contention": {("*" if len(fits) == 1 else role): fit.contention for role, fit in fits.items()},
             "objective": "least squares on step time (ms), one fit per engine role: the mean step time",
             "held_out": {"steps": total.n_test, "r2": total.r2, "median_abs_pct_error": 100 * total.median_ape,
                          "p90_abs_pct_error": 100 * total.p90_ape,

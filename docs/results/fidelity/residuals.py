@@ -24,20 +24,7 @@ sys.path.insert(0, str(HERE.parents[2]))
 
 from streamserve.calibration import records  # noqa: E402
 from streamserve.calibration.fidelity import Calibration  # noqa: E402
-from streamserve.calibration.fit import design, predict  # noqa: E402
-
-
-def overlap(cols: dict[str, np.ndarray]) -> np.ndarray:
-    """Fraction of each step during which another engine was in a step."""
-    t1 = cols["t"]
-    t0 = t1 - cols["dt"]
-    out = np.zeros(len(t1))
-    for lane in np.unique(cols["lane"]):
-        me = cols["lane"] == lane
-        o0, o1 = t0[~me], t1[~me]
-        for i in np.flatnonzero(me):
-            out[i] = np.clip(np.minimum(o1, t1[i]) - np.maximum(o0, t0[i]), 0, None).sum() / cols["dt"][i]
-    return out
+from streamserve.calibration.fit import design, overlap, predict  # noqa: E402
 
 
 def analyse(run: Path) -> dict[str, float] | None:
@@ -57,17 +44,20 @@ def analyse(run: Path) -> dict[str, float] | None:
         pred[sel] = predict(cal.params_of(role), {k: v[sel] for k, v in x.items()})
     y = cols["dt"] * 1e3
     r = y / pred
+    ov_all = overlap(cols)
+    contended = pred * (1.0 + np.array([cal.contention_of(str(role)) for role in cols["role"]]) * ov_all)
     ac = []
     for lane in np.unique(cols["lane"]):
         lr = np.log(r[cols["lane"] == lane][np.argsort(cols["t"][cols["lane"] == lane])])
         if len(lr) > 10:
             ac.append(float(np.corrcoef(lr[:-1], lr[1:])[0, 1]))
     out = {"steps": len(steps), "busy_measured_s": y.sum() / 1e3, "busy_predicted_s": pred.sum() / 1e3,
+           "busy_contended_s": contended.sum() / 1e3,
            "r_p10": float(np.percentile(r, 10)), "r_p50": float(np.median(r)), "r_p90": float(np.percentile(r, 90)),
            "autocorr": float(np.mean(ac)) if ac else float("nan"),
            "slow_share": float(y[r >= 2].sum() / y.sum())}
     if len(np.unique(cols["lane"])) > 1:
-        ov = overlap(cols)
+        ov = ov_all
         both, alone = ov > 0.5, ov <= 0.5
         out["overlap_share"] = float(y[both].sum() / y.sum())
         out["r_alone"] = float(y[alone].sum() / pred[alone].sum()) if alone.any() else float("nan")
@@ -77,8 +67,10 @@ def analyse(run: Path) -> dict[str, float] | None:
 
 def main() -> None:
     lines = ["# Residuals of the fidelity runs, from the engines' step logs (`residuals.py`)", "",
-             "ratio = measured / predicted step time, per engine step of the live run (the simulator's is 1).", "",
-             "| run | steps | busy measured / predicted | ratio p10 / p50 / p90 | lag-1 autocorr. of log ratio | "
+             "ratio = measured / predicted step time (step model without the contention term), per engine step of "
+             "the live run (in the simulator every step takes its predicted time). Each run with the profile it names.",
+             "",
+             "| run | steps | busy measured / predicted (with contention term) | ratio p10 / p50 / p90 | lag-1 autocorr. of log ratio | "
              "busy share in steps >= 2x predicted | pd: busy share with both engines in a step | "
              "pd: measured / predicted busy, one engine / both |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -88,7 +80,7 @@ def main() -> None:
             continue
         pd = (f"{100 * a['overlap_share']:.0f}% | {a['r_alone']:.2f} / {a['r_both']:.2f}" if "overlap_share" in a
               else "n/a | n/a")
-        lines.append(f"| {path.parent.name} | {a['steps']} | {a['busy_measured_s']:.0f} s / {a['busy_predicted_s']:.0f} s "
+        lines.append(f"| {path.parent.name} | {a['steps']} | {a['busy_measured_s']:.0f} s / {a['busy_predicted_s']:.0f} s ({a['busy_contended_s']:.0f} s) "
                      f"| {a['r_p10']:.2f} / {a['r_p50']:.2f} / {a['r_p90']:.2f} | {a['autocorr']:.2f} | "
                      f"{100 * a['slow_share']:.0f}% | {pd} |")
     (HERE / "residuals.md").write_text("\n".join(lines) + "\n")
