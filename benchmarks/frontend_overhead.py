@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import platform
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,28 +36,14 @@ from pathlib import Path
 import httpx
 import numpy as np
 import yaml
+from liveclient import first_token, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def ttft(client: httpx.Client, base: str, prompt: str, max_tokens: int) -> float:
-    body = {"model": "tiny", "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": True,
-            "ignore_eos": True}
-    t0 = time.perf_counter()
-    first = None
-    with client.stream("POST", base + "/v1/completions", json=body) as r:
-        r.raise_for_status()
-        for line in r.iter_lines():
-            if first is None and line.startswith("data: {") and json.loads(line[6:]).get("choices"):
-                first = time.perf_counter() - t0
-    assert first is not None, "no token came back"
-    return first
+    return first_token(client, base, {"model": "tiny", "prompt": prompt, "max_tokens": max_tokens,
+                                      "temperature": 0, "ignore_eos": True})
 
 
 def wait_up(url: str, timeout: float) -> None:

@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import platform
-import socket
 import tempfile
 import time
 from pathlib import Path
@@ -35,30 +34,11 @@ from streamserve.gpu.engines import EngineSet
 from streamserve.gpu.models import prepare
 from streamserve.gpu.protocol import prefill_body
 from streamserve.gpu.telemetry import parse_metrics
+from liveclient import first_token, free_port
 
 EXTERNAL = 'vllm:prompt_tokens_by_source_total{source="external_kv_transfer"}'
 LOCAL = 'vllm:prompt_tokens_by_source_total{source="local_compute"}'
 LENGTHS = (16, 31, 32, 33, 34, 48, 64, 65, 66, 96, 128, 129, 130, 256, 512)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def first_token(client: httpx.Client, url: str, body: dict) -> float:
-    body = {**body, "stream": True}
-    t0 = time.perf_counter()
-    took = None
-    with client.stream("POST", url + "/v1/completions", json=body) as r:
-        r.raise_for_status()
-        for line in r.iter_lines():
-            if took is None and line.startswith("data: {") and json.loads(line[6:]).get("choices"):
-                took = time.perf_counter() - t0
-    if took is None:
-        raise RuntimeError("no token came back")
-    return took
 
 
 def counters(client: httpx.Client, url: str) -> tuple[float, float]:

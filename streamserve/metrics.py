@@ -196,7 +196,7 @@ def summarize(result: RunResult, slo: SLO | None = None) -> dict[str, object]:
 
 
 REQUEST_COLUMNS = ("id", "dataset", "state", "reason", "prompt_len", "output_len", "generated",
-                   "arrival", "prefill_start", "first_token", "decode_start", "finish",
+                   "arrival", "prefill_start", "prefill_end", "first_token", "decode_start", "finish",
                    "ttft_ms", "tpot_ms", "e2el_ms", "queue_ms", "transfer_ms",
                    "prefill_lane", "decode_lane", "attempts", "preemptions")
 
@@ -216,7 +216,7 @@ def write_requests_csv(requests: Sequence[Request], path: Path) -> None:
         for r in requests:
             fin = r.state is State.FINISHED
             w.writerow((r.id, r.dataset, r.state.value, r.reason, r.prompt_len, r.output_len, r.generated,
-                        _s(r.arrival), _s(r.prefill_start), _s(r.first_token), _s(r.decode_start), _s(r.finish),
+                        _s(r.arrival), _s(r.prefill_start), _s(r.prefill_end), _s(r.first_token), _s(r.decode_start), _s(r.finish),
                         _ms(r.ttft), _ms(r.tpot) if fin else "", _ms(r.e2e), _ms(r.queue_delay),
                         _ms(r.transfer_delay) if fin else "", r.prefill_lane, r.decode_lane,
                         r.attempts, r.preemptions))
@@ -231,7 +231,7 @@ def _requests_table(requests: Sequence[Request]) -> dict[str, list]:
     for r in requests:
         fin = r.state is State.FINISHED
         row = (r.id, r.dataset, r.state.value, r.reason, r.prompt_len, r.output_len, r.generated,
-               opt(r.arrival), opt(r.prefill_start), opt(r.first_token), opt(r.decode_start), opt(r.finish),
+               opt(r.arrival), opt(r.prefill_start), opt(r.prefill_end), opt(r.first_token), opt(r.decode_start), opt(r.finish),
                opt(r.ttft, 1e3), opt(r.tpot, 1e3) if fin else None, opt(r.e2e, 1e3), opt(r.queue_delay, 1e3),
                opt(r.transfer_delay, 1e3) if fin else None, r.prefill_lane, r.decode_lane, r.attempts, r.preemptions)
         for c, v in zip(REQUEST_COLUMNS, row):

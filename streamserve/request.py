@@ -75,7 +75,8 @@ class Request:
     # Set by the runtime.
     state: State = State.QUEUED
     prefill_start: float = math.nan
-    first_token: float = math.nan  # end of prefill: the first output token exists
+    prefill_end: float = math.nan  # the prompt is computed: the first output token exists on the prefill lane
+    first_token: float = math.nan  # the client receives its first output token (TTFT ends here)
     transfer_start: float = math.nan
     decode_start: float = math.nan  # KV is on the decode lane
     finish: float = math.nan

@@ -62,7 +62,7 @@ def test_arrival_goes_to_a_lane_and_decode_follows_prefill() -> None:
     r = req(1)
     (a,) = s.on_arrival(r, 0.0, v)
     assert isinstance(a, Submit) and a.phase is Phase.PREFILL and a.lane_id in (0, 2)
-    r.prefill_lane, r.first_token, r.generated = a.lane_id, 0.2, 1
+    r.prefill_lane, r.prefill_end, r.generated = a.lane_id, 0.2, 1
     (d,) = s.on_prefill_done(r, 0.2, v)
     assert isinstance(d, Submit) and d.phase is Phase.DECODE and d.lane_id in (1, 3)
 
@@ -71,7 +71,7 @@ def test_colocated_prefill_done_needs_no_decode_placement() -> None:
     s, v = sched(), View(disaggregated=False)
     r = req(1)
     (a,) = s.on_arrival(r, 0.0, v)
-    r.prefill_lane, r.first_token = a.lane_id, 0.1
+    r.prefill_lane, r.prefill_end = a.lane_id, 0.1
     assert s.on_prefill_done(r, 0.1, v) == []
 
 
@@ -80,7 +80,7 @@ def test_pairs_mode_decodes_on_the_partner() -> None:
     for i in range(4):
         r = req(i)
         (a,) = s.on_arrival(r, 0.0, v)
-        r.prefill_lane, r.first_token = a.lane_id, 0.1
+        r.prefill_lane, r.prefill_end = a.lane_id, 0.1
         (d,) = s.on_prefill_done(r, 0.1, v)
         assert d.lane_id == v.partner(a.lane_id)
 
@@ -167,7 +167,7 @@ def test_lost_request_waiting_for_decode_is_prefilled_again() -> None:
     v.fill(1, 3)
     r = req(1)
     (a,) = s.on_arrival(r, 0.0, v)
-    r.prefill_lane, r.first_token, r.attempts = a.lane_id, 0.1, 1
+    r.prefill_lane, r.prefill_end, r.attempts = a.lane_id, 0.1, 1
     assert s.on_prefill_done(r, 0.1, v) == [] and s.pending == 1
     v.set(a.lane_id, healthy=False)
     (again,) = s.on_lane_down(a.lane_id, [r], 0.2, v)
@@ -265,7 +265,7 @@ def test_pairs_mode_falls_back_to_any_decode_lane_when_the_partner_is_down() -> 
     r = req(1)
     (a,) = s.on_arrival(r, 0.0, v)
     v.set(v.partner(a.lane_id), healthy=False)
-    r.prefill_lane, r.first_token = a.lane_id, 0.1
+    r.prefill_lane, r.prefill_end = a.lane_id, 0.1
     (d,) = s.on_prefill_done(r, 0.1, v)
     assert d.phase is Phase.DECODE and d.lane_id != v.partner(a.lane_id) and v.stats[d.lane_id].healthy
 
@@ -333,7 +333,7 @@ def test_backfill_is_validated() -> None:
 # ---------------------------------------------------------------- no healthy lane, bounded waits
 def _prefilled(s: StreamScheduler, v: View, r: Request, now: float) -> list:
     (a,) = s.on_arrival(r, now, v)
-    r.prefill_lane, r.first_token, r.attempts, r.generated = a.lane_id, now + 0.1, 1, 1
+    r.prefill_lane, r.prefill_end, r.attempts, r.generated = a.lane_id, now + 0.1, 1, 1
     return s.on_prefill_done(r, now + 0.1, v)
 
 
@@ -359,7 +359,7 @@ def test_no_healthy_decode_lane_ends_held_and_lost_requests_at_once() -> None:
     assert isinstance(late, Reject) and "no healthy decode lane" in late.reason
     # A prefill that was running when the last decode lane went fails when it ends.
     r = req(6)
-    r.prefill_lane, r.first_token, r.attempts, r.generated = 0, 0.7, 1, 1
+    r.prefill_lane, r.prefill_end, r.attempts, r.generated = 0, 0.7, 1, 1
     (f,) = s.on_prefill_done(r, 0.7, v)
     assert isinstance(f, Fail) and "decode" in f.reason and s.pending == 0
 
@@ -449,6 +449,6 @@ def test_a_router_without_optional_capabilities_gets_the_defaults() -> None:
     v.set(0, tokens_queued=5000)
     v.set(2, tokens_queued=5000)
     assert s.on_arrival(req(2, prompt=10), 0.1, v) == []  # backed up: no decode lane offered for a prefill
-    r.prefill_lane, r.first_token = 2, 0.1
+    r.prefill_lane, r.prefill_end = 2, 0.1
     (d,) = s.on_prefill_done(r, 0.2, v)
     assert d.lane_id == 3  # the partner

@@ -103,7 +103,7 @@ def test_kv_left_unpulled_past_its_lease_is_freed_and_the_decode_lane_recomputes
     recomputed = [r for r in result.requests if math.isnan(r.transfer_start)]
     assert len(recomputed) == result.kv_recomputes
     for r in recomputed:  # never pulled from the prefill lane: prefilled again at the decode lane
-        assert r.preemptions >= 1 and r.decode_start - r.first_token > 0.5
+        assert r.preemptions >= 1 and r.decode_start - r.prefill_end > 0.5
     assert sim.lanes[0].kv.used == 0 and not sim.lanes[0].held  # the prefill lane kept nothing
 
 

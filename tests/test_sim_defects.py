@@ -48,7 +48,7 @@ def test_1_a_decode_lane_failing_under_transfers_requeues_each_request_once():
 
 def test_2_closed_loop_with_think_time_and_no_decode_lane_loses_nothing():
     n = 60
-    faults = [{"lane": lane, "at": 3.0, "kind": "down"} for lane in (1, 3)]  # both decode lanes, for good
+    faults = [{"lane": lane, "at": 3.1, "kind": "down"} for lane in (1, 3)]  # both decode lanes, for good
     result = run(cluster("streamserve", faults=faults), _closed(n, clients=4, think=0.5), seed=0)
     _accounted(result, n)
     assert any(r.state is State.FAILED for r in result.requests)

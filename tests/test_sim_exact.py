@@ -10,11 +10,6 @@ from streamserve.sim import run
 PERF = Profile.load().lane("opt-13b", "A100-80GB", 1)
 
 
-def decode_sum(prompt: int, output: int) -> float:
-    # step j produces token j+1 over a KV of prompt + j - 1 tokens
-    return sum(PERF.decode_time(1, prompt + j - 1) for j in range(1, output))
-
-
 @pytest.mark.parametrize("prompt,output", [(500, 40), (2000, 1), (1, 7)])
 def test_disaggregated_single_request(prompt, output):
     # The disaggregated path: with local prefill, a prompt within one KV block would be
@@ -22,12 +17,21 @@ def test_disaggregated_single_request(prompt, output):
     cfg = cluster("streamserve", spec_policy={"name": "fixed", "k": 0},
                   router={"name": "flowguard", "local_prefill": False})
     r = run(cfg, workload([prompt], [output], [2.0])).requests[0]
-    ttft = PERF.prefill_time(prompt, prompt * prompt)
-    assert r.ttft == pytest.approx(ttft, rel=1e-9)
+    prefill = PERF.prefill_time(prompt, prompt * prompt)
+    assert r.prefill_end - r.arrival == pytest.approx(prefill, rel=1e-9)
+    if output == 1:  # the prefill's token is the whole answer: it goes to the client from there
+        assert r.ttft == pytest.approx(prefill, rel=1e-9) and r.e2e == pytest.approx(prefill, rel=1e-9)
+        return
     link = cfg.link
-    xfer = transfer_time(PERF.kv_bytes(prompt), link.bandwidth_gbps, link.latency_ms) if output > 1 else 0.0
-    assert r.e2e == pytest.approx(ttft + xfer + decode_sum(prompt, output), rel=1e-9)
+    xfer = transfer_time(PERF.kv_bytes(prompt), link.bandwidth_gbps, link.latency_ms)
+    # As vLLM's decode engine does, the decode lane samples the first token again from the
+    # loaded KV (step j makes token j over a KV of prompt + j - 1 tokens): the client's
+    # first token comes after the hand-off and that first step.
+    steps = [PERF.decode_time(1, prompt + j - 1) for j in range(1, output + 1)]
+    assert r.ttft == pytest.approx(prefill + xfer + steps[0], rel=1e-9)
+    assert r.e2e == pytest.approx(prefill + xfer + sum(steps), rel=1e-9)
     assert r.transfer_delay == pytest.approx(xfer, rel=1e-9)
+    assert r.generated == output
 
 
 def test_colocated_chunked_prefill_single_request():

@@ -127,10 +127,12 @@ def check_run(cfg: ClusterConfig, wl: Workload, seed: int, out: Path) -> None:
         assert r["state"] in TERMINAL, r
         assert r["state"] == "finished" or r["reason"], r
         assert "stuck" not in r["reason"], r
-        times = [float(r[k]) for k in ("arrival", "prefill_start", "first_token", "decode_start", "finish") if r[k]]
+        times = [float(r[k]) for k in ("arrival", "prefill_start", "prefill_end", "decode_start", "finish") if r[k]]
         assert times == sorted(times) and all(math.isfinite(t) for t in times), r
+        if r["first_token"]:  # the client's first token: after the prefill, by the end
+            assert float(r["prefill_end"]) <= float(r["first_token"]) <= float(r["finish"] or "inf"), r
         if r["state"] == "finished":
-            assert len(times) == 5 and r["generated"] == r["output_len"], r
+            assert len(times) == 5 and r["first_token"] and r["generated"] == r["output_len"], r
 
 
 @settings(max_examples=EXAMPLES, deadline=None, derandomize=EXAMPLES <= 300,

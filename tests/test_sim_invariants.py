@@ -60,8 +60,9 @@ def test_every_request_settles_once_with_consistent_timestamps(scenario):
             continue
         assert r.state is State.FINISHED, (r.id, r.state, r.reason)
         assert r.generated == r.output_len
-        times = [r.arrival, r.prefill_start, r.first_token, r.decode_start, r.finish]
+        times = [r.arrival, r.prefill_start, r.prefill_end, r.decode_start, r.finish]
         assert not any(math.isnan(t) for t in times)
         assert times == sorted(times), times
+        assert r.prefill_end <= r.first_token <= r.finish
         assert r.ttft <= r.e2e
     assert result.itl.n == 0 or result.itl.counts.sum() == result.itl.n

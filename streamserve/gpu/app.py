@@ -20,7 +20,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from streamserve.gpu import protocol
-from streamserve.gpu.executor import Executor, Ticket
+from streamserve.gpu.executor import Executor
+from streamserve.gpu.ticket import Ticket
 from streamserve.gpu.protocol import APIError, ClientRequest
 from streamserve.request import Phase, State
 

@@ -26,7 +26,6 @@ import itertools
 import logging
 import math
 import time
-from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
 from streamserve.gpu import protocol
@@ -34,78 +33,14 @@ from streamserve.gpu.engine_client import EngineClient, LaneBroken
 from streamserve.gpu.lanes import LANE_FAMILIES, LiveLane
 from streamserve.gpu.protocol import APIError, ClientRequest
 from streamserve.gpu.telemetry import FrontMetrics, only, parse_metrics
-from streamserve.lanes import LaneRole, LaneStats
+from streamserve.gpu.ticket import LiveView, Ticket, reset
+from streamserve.lanes import LaneRole
 from streamserve.policies.base import Action, Fail, Reject, Scheduler, Submit
 from streamserve.request import Phase, Request, State
 
 log = logging.getLogger("streamserve.frontend")
 
 Emit = Callable[[dict[str, Any]], Awaitable[None]]
-
-
-@dataclass
-class Ticket:
-    """One request being served (one prompt of a client's batch).
-
-    Placements queue up rather than sit in one future: a lane can fail between the
-    moment a placement is made and the moment the handler acts on it, and the
-    re-placement that follows must not be lost behind the stale one.
-    """
-
-    request: Request
-    endpoint: str
-    body: dict[str, Any]
-    placements: asyncio.Queue = field(default_factory=asyncio.Queue)  # (lane_id, phase) or APIError
-    kv_params: dict[str, Any] | None = None
-    streamed: bool = False  # a token already reached the client: no invisible retry
-    complete: bool = False  # the engine sent [DONE]: nothing is left to lose
-    closed: bool = False
-    local: bool = False  # this attempt prefills on the lane that decodes it
-    first_chunk: float = math.nan  # when the first token reached the front end (client-visible TTFT)
-    last_chunk: float = math.nan
-    io: tuple[int, asyncio.Task] | None = None  # the engine call under way, and its lane
-    lane_lost: bool = False  # ``io`` was cancelled because its lane went down
-
-    def place(self, lane_id: int, phase: Phase) -> None:
-        self.placements.put_nowait((lane_id, phase))
-
-    def refuse(self, error: APIError) -> None:
-        self.placements.put_nowait(error)
-
-    def forget(self) -> None:
-        """Drop the placements not yet acted on: they name the lane just lost."""
-        while not self.placements.empty():
-            self.placements.get_nowait()
-
-
-class LiveView:
-    """The scheduler's ClusterView of the live lanes."""
-
-    def __init__(self, lanes: list[LiveLane]) -> None:
-        self._lanes = lanes
-        self.disaggregated = any(lane.role is not LaneRole.COLOCATED for lane in lanes)
-
-    def lanes(self, phase: Phase) -> list[LaneStats]:
-        return [lane.stats() for lane in self._lanes if lane.role.serves(phase)]
-
-    def partner(self, lane_id: int) -> int | None:
-        """The decode lane of prefill lane ``lane_id``'s stream pair; as in the
-        simulator, only a prefill lane has a partner."""
-        me = self._lanes[lane_id]
-        if me.pair is None or me.role is not LaneRole.PREFILL:
-            return None
-        for lane in self._lanes:
-            if lane.pair == me.pair and lane.role is LaneRole.DECODE:
-                return lane.lane_id
-        return None
-
-
-def _reset(req: Request) -> None:
-    """A request that lost its lane starts over: no phase of it has happened."""
-    req.state = State.QUEUED
-    req.generated = 0
-    req.prefill_start = req.first_token = req.transfer_start = req.decode_start = math.nan
-    req.prefill_lane = req.decode_lane = -1
 
 
 class Executor:
@@ -220,8 +155,7 @@ class Executor:
                                                  f"sent: {cause}"))
                 continue
             ticket.kv_params = None
-            ticket.first_chunk = math.nan
-            _reset(ticket.request)
+            reset(ticket.request)
             lost.append(ticket.request)
         self.metrics.lane(lane)
         self._apply(self.scheduler.on_lane_down(lane_id, lost, self.now(), self.view))
@@ -363,10 +297,10 @@ class Executor:
         if math.isnan(req.decode_start):
             req.decode_start = now  # a one-token request: nothing to decode
         self._leave_lanes(req)
-        if not math.isnan(ticket.first_chunk):  # what the client saw, not the prefill's end
-            self.metrics.ttft.observe(ticket.first_chunk - req.arrival)
+        if not math.isnan(req.first_token):  # what the client saw, not the prefill's end
+            self.metrics.ttft.observe(req.first_token - req.arrival)
             if req.generated > 1:
-                self.metrics.tpot.observe((ticket.last_chunk - ticket.first_chunk) / (req.generated - 1))
+                self.metrics.tpot.observe((ticket.last_chunk - req.first_token) / (req.generated - 1))
         self.metrics.e2e.observe(req.e2e)
         ticket.closed = True
         self.tickets.pop(req.id, None)
@@ -399,7 +333,7 @@ class Executor:
         answer = await self._io(ticket, lane_id, self.client.post(url, protocol.prefill_body(ticket.body)))
         ticket.kv_params = answer.get("kv_transfer_params")
         now = self.now()
-        req.first_token = req.transfer_start = now  # the prefill's one token exists
+        req.prefill_end = req.transfer_start = now  # the prefill's one token exists (the client sees the decode's)
         self._release(ticket, lane_id)
         self._apply(self.scheduler.on_prefill_done(req, now, self.view))
 
@@ -431,11 +365,11 @@ class Executor:
             if protocol.has_choice(chunk):
                 now = self.now()
                 ticket.last_chunk = now
-                if math.isnan(ticket.first_chunk):
-                    ticket.first_chunk = now
+                if math.isnan(req.first_token):  # the client's first token
+                    req.first_token = now
                     req.state = State.DECODE
                     if ticket.local:  # prefilled here: its first token ends the prefill
-                        req.first_token = req.decode_start = now
+                        req.prefill_end = req.decode_start = now
                         req.decode_lane = lane_id
                         self._apply(self.scheduler.on_prefill_done(req, now, self.view))
             chunks.append(chunk)

@@ -35,13 +35,13 @@ in the TPOT prediction, so its own weight is small (0.1). ``benchmarks/flowguard
 measured these weights against alternatives, without local prefill (results in
 ``benchmarks/results/flowguard_weights.json``; 5000 requests x 3 seeds of the ablation's
 bursty ``paper`` workload on the shipped cluster, OPT-13B on A100-80GB, token-based step
-model): on a symmetric cluster every setting is within 3% of round-robin on p99 E2E and
-0.2% on goodput (routing has little to fix there; the defaults gave 4.96 s p99 against
-round-robin's 5.10 s), but with one decode lane at half speed routing matters: the
-defaults gave a mean TPOT of 19.1 ms (round-robin 26.4 ms) and a p99 E2E of 7.0 s against
-round-robin's 11.9 s, queue depth alone 9.5 s and latency alone 7.1 s. Latency and queue
-at equal weight did about as well (7.2 s and 18.9 ms there, 5.06 s symmetric), so the
-defaults stay.
+model, client-side TTFT): on a symmetric cluster every setting is within 2% of
+round-robin on p99 E2E and 0.1% on goodput (routing has little to fix there; the defaults
+gave 5.07 s p99 against round-robin's 5.12 s), but with one decode lane at half speed
+routing matters: the defaults gave a mean TPOT of 18.3 ms (round-robin 25.1 ms) and a p99
+E2E of 7.1 s against round-robin's 11.7 s, queue depth alone 9.5 s and latency alone
+7.3 s. Latency and queue at equal weight did about as well (7.3 s and 17.9 ms there,
+5.04 s symmetric), so the defaults stay.
 
 Conditional disaggregation (``local_prefill``, off by default, on in the shipped
 ``streamserve`` cluster): when every prefill lane is backed up, the scheduler also offers
@@ -58,10 +58,10 @@ is the long summarisation outputs, whose E2E is almost all decode time; the stal
 with the prompt and the rescue does not, hence the cap. ``benchmarks/local_prefill_tradeoff.py``
 measures the trade (``benchmarks/results/local_prefill_tradeoff.md``; 10000 requests x 4
 seeds of the ablation's bursty ``paper`` workload on the shipped cluster, token-based
-step model): at that load the prefill lanes hardly back up, so every cap gives
-round-robin's goodput (24.0 requests/s) and p99 E2E 0.5-1.4% above round-robin's, within
-seed noise; the earlier goodput gain (measured on the old step model) did not survive
-the re-run.
+step model, client-side TTFT): at that load the prefill lanes hardly back up, so every
+cap gives round-robin's goodput (23.7 requests/s) and p99 E2E 0.5-1.8% above
+round-robin's, within seed noise; the earlier goodput gain (measured on the old step
+model) did not survive the re-run.
 What was tried to keep the larger caps' goodput without their tail cost (on the old
 step model), none beyond seed noise: a larger batch-delay charge, weighting it by each
 running sequence's class output length learned online, charging only the long-output

@@ -376,7 +376,7 @@ class StreamScheduler(Scheduler):
     def on_prefill_done(self, request: Request, now: float, view: ClusterView) -> list[Action]:
         submitted = self._submitted.pop(request.id, None)
         if submitted is not None:
-            self.router.observe(request.prefill_lane, Phase.PREFILL, request, request.first_token - submitted, now)
+            self.router.observe(request.prefill_lane, Phase.PREFILL, request, now - submitted, now)
         if not view.disaggregated or request.decode_lane >= 0:
             return []  # prefilled where it decodes (a colocated lane, or a local prefill)
         if not self._decode:

@@ -228,7 +228,7 @@ class Cluster:
     @staticmethod
     def _awaits_decode(req: Request) -> bool:
         """Prefilled on a prefill lane, waiting to be placed for decode."""
-        return req.state is State.PREFILL and req.first_token == req.first_token and req.decode_lane < 0
+        return req.state is State.PREFILL and req.prefill_end == req.prefill_end and req.decode_lane < 0
 
     def _end(self, req: Request, state: State, reason: str) -> None:
         """End a request the scheduler still holds (it is on no lane's queue or batch)."""
@@ -330,7 +330,7 @@ class Cluster:
     def _reset(req: Request) -> None:
         req.state = State.QUEUED
         req.generated = 0
-        req.prefill_start = req.first_token = req.transfer_start = req.decode_start = math.nan
+        req.prefill_start = req.prefill_end = req.first_token = req.transfer_start = req.decode_start = math.nan
         req.prefill_lane = req.decode_lane = -1
 
     # ------------------------------------------------------------ run

@@ -173,8 +173,9 @@ class SimLane:
         """Decode ``req`` here although its KV never came (it was freed at the source, or
         its transfer failed): prefill its prompt and first token again, then decode, as
         vLLM's ``kv_load_failure_policy: recompute`` does."""
+        req.generated = 0  # the prefill lane's token never reached the client
         seq = Seq(req, log_alpha(self.host.alpha_of(req)))
-        seq.last = req.first_token  # its next gap spans the wait
+        seq.last = req.first_token  # NaN: the client has no token yet (``_finish_chunks`` sets it)
         self.waiting.append(seq)
         self.queued_tokens += seq.target
         self.wake()
@@ -198,14 +199,18 @@ class SimLane:
         return req
 
     def receive(self, req: Request) -> None:
-        """KV for ``req`` has arrived: it joins the batch as a decoding sequence."""
+        """KV for ``req`` has arrived: it joins the batch as a decoding sequence. As in
+        vLLM's disaggregated serving, the prefill's token stays on the prefill lane: this
+        lane's first step samples the first token again from the loaded KV, and that is the
+        token the client receives first (TTFT spans prefill, hand-off and that step)."""
         blocks = self.reserved.pop(req.id)
+        req.generated = 0
         seq = Seq(req, log_alpha(self.host.alpha_of(req)))
         seq.blocks = blocks
         seq.cap = blocks * self.kv.block_size
         seq.ctx = req.prompt_len
         seq.computed = seq.target
-        seq.last = req.first_token  # its first gap spans the transfer
+        seq.last = math.nan  # its first token goes to the client after its first step here
         self.queued_tokens -= req.prompt_len
         self.ready.append(seq)
         self.wake()
@@ -492,7 +497,10 @@ class SimLane:
             rec = self.rec
             for seq in self._off_step:
                 if seq.decoding:
-                    rec.gap(end - seq.last)
+                    if seq.last == seq.last:
+                        rec.gap(end - seq.last)
+                    else:  # received KV: this step made the client's first token
+                        seq.req.first_token = end
                     seq.last = IN_STEP
                     lockstep -= 1
             self._off_step.clear()
@@ -509,15 +517,20 @@ class SimLane:
             req.generated += 1
             seq.left -= 1
             seq.ctx = seq.target
-            if req.first_token != req.first_token:  # NaN: this is the first token
-                req.first_token = end
+            first = req.prefill_end != req.prefill_end  # NaN: this prefill made the first token
+            if first:
+                req.prefill_end = end
                 prefilled.append(seq)
-            else:
-                self.rec.gap(end - seq.last)
+            if self.role is not LaneRole.PREFILL:
+                if req.first_token != req.first_token:
+                    req.first_token = end
+                else:  # prefilled again after a preemption: the wait is an inter-token gap
+                    self.rec.gap(end - seq.last)
             seq.last = IN_STEP
-            if self.role is LaneRole.PREFILL:
+            if self.role is LaneRole.PREFILL:  # the client gets a token from here only if it is the last
                 self.running.remove(seq)
                 if seq.left <= 0:
+                    req.first_token = end
                     finished.append(seq)
                 else:
                     self._hold(seq, end)

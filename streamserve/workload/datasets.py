@@ -28,11 +28,29 @@ Acceptance rates, per draft method (``speculation.method``), each from its sourc
 
 The simulator's acceptance model is per token, so each tau becomes the per-token rate
 alpha of a chain draft of that depth with the same mean accepted length, solving
-``tau = (1 - alpha^(d+1)) / (1 - alpha)`` (Leviathan et al., ICML 2023, eq. 1). The
-sources report acceptance falling with draft position (EAGLE Fig. 6-7, Medusa's heads);
-the simulator keeps one alpha per dataset and method (a geometric run length drawn with
-one random number per sequence and step): a falling curve would cost a draw per position
-in the hot path. ``workload.alpha`` overrides any of these figures.
+``tau = (1 - alpha^(d+1)) / (1 - alpha)`` (Leviathan et al., ICML 2023, eq. 1).
+
+Acceptance by position in the draft (issue 12 item 6) is not modelled, for want of a
+figure to set it from. The sources disagree on whether it falls, by draft head: EAGLE
+measures "n-alpha", the acceptance of a chain draft's token when n of the head's inputs
+are its own estimates and the tokens before it were accepted, and EAGLE-3 (Li et al.,
+2025, Sec. 4.1 and Fig. 7; MT-bench, LLaMA-Instruct 3.1 8B) reports that EAGLE's drops
+significantly as n grows while EAGLE-3's stays almost unchanged; the values are drawn in
+a figure only, for one dataset. EAGLE-2's premise is that a draft token's acceptance
+depends on its position and its context. The figures the rates above come from, EAGLE-2
+Table 1 and Spec-Bench, are mean accepted lengths at one depth, per dataset, with no
+per-position breakdown, and no per-position figure for a draft model or prompt lookup
+per dataset was found; the per-position rates vLLM and llama.cpp log are marginal (the
+share of steps whose position i was accepted), which falls with i even at a constant
+per-token rate, so they do not show a decay either. A decay per
+method would be our guess, so one alpha per (dataset, method) is kept, fit to the
+source's mean accepted length at the source's depth: right at that depth; if the
+conditional rate does fall with position, it overstates acceptance deeper and
+understates it shallower. Should a sourced decay ``d`` (the i-th draft token accepted,
+given the ones before, with probability ``alpha * d**i``) be adopted, the run length
+still needs one random number: ``P(G >= g) = alpha**g * d**(g(g-1)/2)``, so ``G`` is
+the floor of the positive root of a quadratic in ``g``. ``workload.alpha`` overrides
+any of these figures.
 """
 from __future__ import annotations
 
