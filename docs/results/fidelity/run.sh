@@ -1,19 +1,18 @@
 #!/usr/bin/env bash
 # The CPU fidelity measurements of docs/results/fidelity/README.md, as run (2-core machine,
-# no GPU, shared with other jobs: noisy). Engines run one set at a time across jobs
-# (`flock /tmp/vllm.lock`). Needs `streamserve models prepare smollm2`.
+# no GPU, other jobs' niced work alongside). Engines run one set at a time across jobs
+# (`flock /tmp/vllm.lock`). Needs `streamserve models prepare smollm2`. What was run, under
+# `setsid` with AUTOGROUP_NICE=-19 (commands.txt has every command):
 #
-#   docs/results/fidelity/run.sh profile                    # profile + calibrate -> smollm2-profile.json
-#   docs/results/fidelity/run.sh pd "poisson:0.3:60 gamma:0.8:80"   # fidelity cells ARRIVAL:RATE:REQUESTS
-#   docs/results/fidelity/run.sh pd "capacity:5:100 poisson:0.3x:200 gamma:0.85x:200"
-#       # capacity:RATE:N measures the live capacity (Poisson far above it); RATE "0.3x" = that fraction of it
-#   docs/results/fidelity/run.sh coloc-profile                       # the colocated engine's own profile
-#   docs/results/fidelity/run.sh replay     # every run's simulated side again from its recorded live side
-#   PROFILE_FIRST=1 docs/results/fidelity/run.sh pd "CELLS"          # profile --attach + calibrate on the
-#       same engines first (what was run: one start-up for all; k then follows the config's SpecuStream)
+#   docs/results/fidelity/run.sh profile          # pd: own engines, k cycled; calibrate -> smollm2-profile.json
+#   docs/results/fidelity/run.sh pd "capacity:5:100 poisson:0.85x:200 gamma:0.85x:200 poisson:0.3x:200 gamma:0.3x:200"
+#   PROFILE_FIRST=1 GRID=small docs/results/fidelity/run.sh coloc "capacity:5:100 poisson:0.85x:200 gamma:0.85x:200"
+#   docs/results/fidelity/run.sh replay           # every run's simulated side again (no engines)
 #
-# The fidelity cells of one config share one `streamserve serve` (started here, stopped
-# at the end) and attach to it, so engines start once per config.
+# Cells are ARRIVAL:RATE:REQUESTS; capacity:RATE:N measures the live capacity (Poisson far
+# above it) and a RATE like "0.3x" is that fraction of it. `coloc-profile` profiles the
+# colocated engine on its own engines. The cells of one config share one engine start-up
+# (`python -m streamserve.calibration.live`, stopped at the end) and attach to it.
 set -euo pipefail
 # Linux groups processes by session (sched_autogroup): `nice` then orders processes only
 # within one session, and every other session's jobs, niced or not, get an equal share of the
