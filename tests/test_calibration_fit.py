@@ -168,3 +168,31 @@ def test_overlap_is_the_share_of_a_step_another_engine_was_busy():
 
     cols = {"t": np.array([1.0, 2.0, 1.5, 3.0]), "dt": np.array([1.0, 1.0, 1.0, 0.5]), "lane": np.array([0, 0, 1, 1])}
     assert overlap(cols) == pytest.approx([0.5, 0.5, 1.0, 0.0])
+
+
+def test_fidelity_slows_each_lane_by_its_contention_at_the_other_lanes_utilisation(tmp_path):
+    import json
+
+    from streamserve.calibration.fidelity import Calibration, contended_profile
+    from streamserve.metrics import LaneUsage, LogHistogram, RunResult
+
+    step = {"overhead_ms": 10.0, "per_token_ms": 1.0, "weights_ms": 0.0, "compute_ms_per_token": 0.0,
+            "attn_sq_ms": 0.0, "per_ctx_ms": 0.0}
+    prof = {"format": "streamserve-profile", "version": 2, "source": "test",
+            "entries": [{"model": "smollm2-135m", "gpu": "cpu", "tp": 1, "roles": {
+                "prefill": {"prompt": step, "decode": step},
+                "decode": {"prompt": step, "decode": step, "draft": {"method": "ngram", "host_ms_per_seq": 2.0}}}}],
+            "calibration": {"link": {}, "acceptance": {}, "contention": {"prefill": 0.5, "decode": 0.2}}}
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(prof))
+    cal = Calibration.load(path)
+    sim = RunResult(requests=[], duration=10.0, itl=LogHistogram(), lanes=[
+        LaneUsage(0, "prefill", busy_time=4.0, steps=1, mean_batch=1.0, peak_kv_usage=0.0),
+        LaneUsage(1, "decode", busy_time=8.0, steps=1, mean_batch=1.0, peak_kv_usage=0.0)])
+    out = json.loads(contended_profile(cal, sim, tmp_path).read_text())
+    roles = out["entries"][0]["roles"]
+    assert roles["prefill"]["prompt"]["overhead_ms"] == pytest.approx(10.0 * (1 + 0.5 * 0.8))
+    assert roles["decode"]["decode"]["per_token_ms"] == pytest.approx(1.0 * (1 + 0.2 * 0.4))
+    assert roles["decode"]["draft"]["host_ms_per_seq"] == pytest.approx(2.0 * 1.08)
+    sim.lanes = sim.lanes[:1]  # one engine: nothing to slow it down
+    assert contended_profile(cal, sim, tmp_path) is None
