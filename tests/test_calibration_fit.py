@@ -112,7 +112,8 @@ def test_repeat_spread_is_the_noise_of_identical_steps():
 def test_each_role_gets_its_own_coefficients():
     """Prefill and decode engines of one deployment: two sets, each recovered, and the
     profile holds one per role (the simulator looks them up by lane role)."""
-    from streamserve.calibration.fit import combined, fit_by_role, profile_json
+    from streamserve.calibration.fit import profile_json
+    from streamserve.calibration.roles import combined, fit_by_role
 
     pre, dec = synthetic_steps(1500, seed=2), synthetic_steps(1500, seed=3)
     slower = {**TRUE, "prompt.overhead_ms": 9.0, "decode.overhead_ms": 7.0}
@@ -128,7 +129,7 @@ def test_each_role_gets_its_own_coefficients():
     assert total.n_test == fits["prefill"].n_test + fits["decode"].n_test and total.median_ape < 1e-3
     meta = {"perf_model": "smollm2-135m", "gpu": "cpu", "lanes": [{"tp": 1}], "speculation": {"method": "ngram"},
             "model": "m", "device": "cpu"}
-    roles = profile_json(fits, meta, 1000, "test", None, cols)["entries"][0]["roles"]
+    roles = profile_json(fits, total, meta, 1000, "test")["entries"][0]["roles"]
     assert set(roles) == {"prefill", "decode"} and "draft" in roles["decode"] and "draft" not in roles["prefill"]
     assert roles["decode"]["prompt"]["overhead_ms"] == pytest.approx(9.0, rel=0.02)
 
@@ -136,7 +137,8 @@ def test_each_role_gets_its_own_coefficients():
 def test_handoff_cost_is_what_a_loading_step_takes_beyond_decoding():
     """A decode engine's step that takes in h requests with KV costs a decode step of
     B + h sequences plus the hand-off cost per request: that cost is recovered."""
-    from streamserve.calibration.fit import design, handoff_cost_ms
+    from streamserve.calibration.fit import design
+    from streamserve.calibration.roles import handoff_cost_ms
 
     rng = np.random.default_rng(5)
     n = 200
@@ -164,7 +166,7 @@ def test_contention_with_another_engine_is_fitted_apart_from_the_step_model():
 
 
 def test_overlap_is_the_share_of_a_step_another_engine_was_busy():
-    from streamserve.calibration.fit import overlap
+    from streamserve.calibration.roles import overlap
 
     cols = {"t": np.array([1.0, 2.0, 1.5, 3.0]), "dt": np.array([1.0, 1.0, 1.0, 0.5]), "lane": np.array([0, 0, 1, 1])}
     assert overlap(cols) == pytest.approx([0.5, 0.5, 1.0, 0.0])

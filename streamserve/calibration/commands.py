@@ -80,7 +80,8 @@ def calibrate_cmd(profile_dir: str, out_path: str, plot_path: str | None, seed: 
     import time
 
     from streamserve.calibration import records
-    from streamserve.calibration.fit import combined, fit_by_role, profile_json, request_overhead_ms
+    from streamserve.calibration.fit import profile_json, request_overhead_ms
+    from streamserve.calibration.roles import combined, fit_by_role
     from streamserve.calibration.report import coefficient_lines, residual_plot
     from streamserve.specs import MODELS
 
@@ -102,7 +103,7 @@ def calibrate_cmd(profile_dir: str, out_path: str, plot_path: str | None, seed: 
         by_cell.setdefault(step.cell, []).append(step)
     requests_path = Path(profile_dir) / records.REQUESTS
     overhead = request_overhead_ms(records.read_jsonl(requests_path), by_cell) if requests_path.is_file() else None
-    data = profile_json(fits, meta, spec_kv, source, overhead, cols)
+    data = profile_json(fits, fit, meta, spec_kv, source, overhead)
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(data, indent=1) + "\n")

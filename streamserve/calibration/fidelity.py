@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 
 from streamserve.calibration import records, report
-from streamserve.calibration.fit import PARAMS, design, overlap, predict
+from streamserve.calibration.fit import PARAMS, design, predict
+from streamserve.calibration.roles import overlap
 from streamserve.calibration.live import Deployment
 from streamserve.calibration.profile import device_name, kv_bytes_per_token, model_spec_for
 from streamserve.config import ClusterConfig, EngineConfig, LaneConfig, LinkConfig, SpeculationConfig

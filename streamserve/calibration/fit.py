@@ -34,7 +34,6 @@ from streamserve.roofline import STEP_FIELDS, StepCoeffs
 EXTRA_FIELDS = ("draft_host_ms_per_seq", "kv_save_ms_per_token", "kv_load_ms_per_token", "handoff_ms")
 PARAMS = tuple(f"prompt.{f}" for f in STEP_FIELDS) + tuple(f"decode.{f}" for f in STEP_FIELDS) + EXTRA_FIELDS
 MIN_ACCEPTANCE_STEPS = 5
-MIN_ROLE_STEPS = 20  # fewer steps of a role than this: one fit for every role
 MIN_CONTENTION_STEPS = 10  # steps that overlapped another engine's, needed to fit the contention term
 
 
@@ -184,34 +183,6 @@ def _fit_shape(x_tr: dict[str, np.ndarray], y_tr: np.ndarray, free: np.ndarray,
     return full(best.x), gamma(best.x)
 
 
-def overlap(cols: dict[str, np.ndarray]) -> np.ndarray:
-    """Per step, how many other engines were in a step during it, on average (0: it ran
-    alone; 1: another engine was busy the whole time). Engines sharing a machine's cores
-    slow each other down; the fit's ``contention`` term is this column's cost. Steps of one
-    engine do not overlap each other, so each other engine's busy time up to a moment is a
-    running sum."""
-    out = np.zeros(len(cols["dt"]))
-    if "t" not in cols or "lane" not in cols:
-        return out
-    end = cols["t"]
-    start = end - cols["dt"]
-    lanes = np.unique(cols["lane"])
-    for other in lanes:
-        theirs = cols["lane"] == other
-        order = np.argsort(start[theirs])
-        s, e = start[theirs][order], end[theirs][order]
-        busy = np.concatenate([[0.0], np.cumsum(e - s)])
-
-        def busy_until(x: np.ndarray) -> np.ndarray:
-            i = np.searchsorted(s, x, side="right")  # that engine's steps begun by x
-            last = np.maximum(i - 1, 0)
-            return np.where(i > 0, busy[last] + np.clip(x - s[last], 0.0, e[last] - s[last]), 0.0)
-
-        mine = ~theirs
-        out[mine] += (busy_until(end[mine]) - busy_until(start[mine])) / cols["dt"][mine]
-    return out
-
-
 def fit_steps(cols: dict[str, np.ndarray], seed: int = 0, holdout: float = 0.2) -> FitResult:
     """Fit the coefficients on 80% of the steps and report errors on the other 20%."""
     t0 = time.perf_counter()
@@ -255,73 +226,11 @@ def fit_steps(cols: dict[str, np.ndarray], seed: int = 0, holdout: float = 0.2) 
     ape = np.abs(pred_te - y_te) / y_te
     return FitResult(
         params=params, fixed=fixed, n_train=len(train), n_test=len(test),
-        r2=_r2(y_te, pred_te), median_ape=float(np.median(ape)), p90_ape=float(np.percentile(ape, 90)),
-        r2_train=_r2(y_tr, predict(v, x_tr) * (1.0 + gamma * ov_tr)), seconds=time.perf_counter() - t0, contention=gamma,
+        r2=r_squared(y_te, pred_te), median_ape=float(np.median(ape)), p90_ape=float(np.percentile(ape, 90)),
+        r2_train=r_squared(y_tr, predict(v, x_tr) * (1.0 + gamma * ov_tr)), seconds=time.perf_counter() - t0, contention=gamma,
         busy_ratio=float(pred_te.sum() / y_te.sum()),
         acceptance=fit_acceptance(cols), noise_floor=repeat_spread(cols), test_measured=y_te, test_predicted=pred_te,
         test_prompt=x_te["prompt"], test_tokens=x_te["T"])
-
-
-def fit_by_role(cols: dict[str, np.ndarray], seed: int = 0, holdout: float = 0.2) -> dict[str, FitResult]:
-    """One fit per engine role (``prefill``, ``decode``, ``colocated``). On a disaggregated
-    deployment a "step with prompt tokens" is two different things: on the prefill engine
-    a full prompt whose KV is written out, on the decode engine the few prompt tokens the
-    connector did not bring plus the KV it reads in; fitted as one set (as before) they
-    blurred each other. The simulator looks coefficients up by the lane's role."""
-    cols = {**cols, "overlap": overlap(cols)}
-    roles = sorted(set(cols["role"].tolist()))
-    if len(roles) == 1 or min(int(np.sum((cols["role"] == r) & (cols["dt"] > 0))) for r in roles) < MIN_ROLE_STEPS:
-        return {"*" if len(roles) > 1 else roles[0]: fit_steps(cols, seed, holdout)}  # too few steps to split
-    return {role: fit_steps({k: v[cols["role"] == role] for k, v in cols.items()}, seed, holdout)
-            for role in roles}
-
-
-def combined(fits: dict[str, FitResult], cols: dict[str, np.ndarray]) -> FitResult:
-    """The held-out errors of every role's fit together (one set of coefficients per role
-    stays in ``fits``; ``params`` here are the connector and drafter terms of the role that
-    carries them: saving on prefill engines, loading and drafting on decode engines)."""
-    if len(fits) == 1:
-        return next(iter(fits.values()))
-    parts = list(fits.values())
-    y = np.concatenate([f.test_measured for f in parts])
-    pred = np.concatenate([f.test_predicted for f in parts])
-    ape = np.abs(pred - y) / y
-    params = dict(next(iter(fits.values())).params)
-    for name, role in (("kv_save_ms_per_token", "prefill"), ("kv_load_ms_per_token", "decode"),
-                       ("handoff_ms", "decode"), ("draft_host_ms_per_seq", "decode")):
-        if role in fits:
-            params[name] = fits[role].params[name]
-    if "decode" in fits and "prefill" in fits:
-        params["kv_load_ms_per_token"] = 0.0
-        params["handoff_ms"] = handoff_cost_ms(fits["decode"].params, {k: v[cols["role"] == "decode"]
-                                                                       for k, v in cols.items()})
-    return FitResult(
-        params=params, fixed=[], n_train=sum(f.n_train for f in parts), n_test=len(y), r2=_r2(y, pred),
-        median_ape=float(np.median(ape)), p90_ape=float(np.percentile(ape, 90)),
-        r2_train=float(np.average([f.r2_train for f in parts], weights=[f.n_train for f in parts])),
-        seconds=sum(f.seconds for f in parts), acceptance=fit_acceptance(cols), noise_floor=repeat_spread(cols),
-        busy_ratio=float(pred.sum() / y.sum()), test_measured=y, test_predicted=pred,
-        test_prompt=np.concatenate([f.test_prompt for f in parts]),
-        test_tokens=np.concatenate([f.test_tokens for f in parts]))
-
-
-def handoff_cost_ms(params: dict[str, float], cols: dict[str, np.ndarray]) -> float:
-    """What a hand-off costs a decode engine fed by a prefill engine, per hand-off: the
-    time of its steps that took in requests with KV beyond a decode step of the same
-    sequences with the new ones already decoding (what the simulator runs once the KV has
-    arrived). It is the KV read (ExampleConnector: one file per layer) plus the few prompt
-    tokens the connector did not bring; the simulator has no step for it, so it becomes
-    the link's latency (the request's first token comes that much later there too)."""
-    sel = cols["handoffs"] > 0
-    if not sel.any():
-        return 0.0
-    n = int(sel.sum())
-    h = cols["handoffs"][sel]
-    b = cols["decode_seqs"][sel] + h
-    decoding = {"T": b + cols["spec_tokens"][sel], "P2": np.zeros(n), "C": cols["decode_ctx"][sel] + cols["kv_loaded"][sel],
-                "draftB": b * (cols["k"][sel] > 0), "saved": np.zeros(n), "loaded": np.zeros(n),
-                "handoffs": np.zeros(n), "prompt": np.zeros(n, dtype=bool)}
-    return float(np.sum(cols["dt"][sel] * 1e3 - predict(params, decoding)) / np.sum(h))
 
 
 def repeat_spread(cols: dict[str, np.ndarray]) -> float:
@@ -341,7 +250,7 @@ def repeat_spread(cols: dict[str, np.ndarray]) -> float:
     return float(np.median(np.concatenate(dev))) if dev else math.nan
 
 
-def _r2(y: np.ndarray, pred: np.ndarray) -> float:
+def r_squared(y: np.ndarray, pred: np.ndarray) -> float:
     ss = float(np.sum((y - np.mean(y)) ** 2))
     return 1.0 - float(np.sum((y - pred) ** 2)) / ss if ss > 0 else math.nan
 
@@ -380,12 +289,12 @@ def link_from_fit(params: dict[str, float], kv_bytes_per_token_spec: int) -> dic
     return {"bandwidth_gbps": bw, "latency_ms": params["handoff_ms"]}
 
 
-def profile_json(fits: dict[str, FitResult], meta: dict[str, Any], kv_bytes_spec: int, source: str,
-                 overhead_ms: float | None = None, cols: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+def profile_json(fits: dict[str, FitResult], total: FitResult, meta: dict[str, Any], kv_bytes_spec: int,
+                 source: str, overhead_ms: float | None = None) -> dict[str, Any]:
     """A version-2 profile (``streamserve/profiles/README.md``) holding one coefficient set
-    per role (``*`` when the deployment has one role), with the link, acceptance and fit
-    quality in a ``calibration`` section the simulator's ``fidelity`` run reads."""
-    total = combined(fits, cols) if cols is not None else next(iter(fits.values()))
+    per role (``*`` when the deployment has one role; ``roles.fit_by_role``), with the link,
+    acceptance and fit quality of ``total`` (``roles.combined``) in a ``calibration``
+    section the simulator's ``fidelity`` run reads."""
     method = meta["speculation"].get("method", "none")
     roles: dict[str, Any] = {}
     for role, fit in fits.items():
@@ -404,7 +313,7 @@ def profile_json(fits: dict[str, FitResult], meta: dict[str, Any], kv_bytes_spec
             "connector_io": {k: total.params[k] for k in EXTRA_FIELDS[1:]},
             "fixed_at_zero": {role: fit.fixed for role, fit in fits.items()},
             # a step takes (1 + contention * overlap) times its time alone, overlap = other engines
-            # in a step meanwhile (fit.overlap); the simulator's lanes do not slow each other, so
+            # in a step meanwhile (roles.overlap); the simulator's lanes do not slow each other, so
             # fidelity applies it to each lane at the other lanes' simulated utilisation
             "contention": {("*" if len(fits) == 1 else role): fit.contention for role, fit in fits.items()},
             "objective": "least squares on step time (ms), one fit per engine role: the mean step time",

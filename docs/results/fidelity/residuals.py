@@ -24,7 +24,8 @@ sys.path.insert(0, str(HERE.parents[2]))
 
 from streamserve.calibration import records  # noqa: E402
 from streamserve.calibration.fidelity import Calibration  # noqa: E402
-from streamserve.calibration.fit import design, overlap, predict  # noqa: E402
+from streamserve.calibration.fit import design, predict  # noqa: E402
+from streamserve.calibration.roles import overlap  # noqa: E402
 
 
 def analyse(run: Path) -> dict[str, float] | None:
