@@ -3,8 +3,13 @@
 The form is ``streamserve.perfmodel``'s, in milliseconds, one coefficient set for steps
 that carry prompt tokens and one for decode-only steps::
 
-    dt = overhead + per_token*T + max(weights, compute_per_token*T) + attn_sq*P2 + per_ctx*C
-         + draft_host*B*[k > 0] + kv_save*saved + kv_load*loaded + handoff*handoffs
+    dt = (overhead + per_token*T + max(weights, compute_per_token*T) + attn_sq*P2 + per_ctx*C
+          + draft_host*B*[k > 0] + kv_save*saved + kv_load*loaded + handoff*handoffs)
+         * (1 + contention*overlap)
+
+(``overlap``: how much of the step other engines of the deployment were in a step,
+``roles.overlap``; without an ``overlap`` column, or with too few overlapping steps,
+``contention`` is 0.)
 
 The last three terms are the connector's I/O inside the steps (a CPU connector writes
 and reads KV synchronously); they become the simulator's KV link (``latency_ms``: the
