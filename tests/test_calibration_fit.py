@@ -107,3 +107,94 @@ def test_repeat_spread_is_the_noise_of_identical_steps():
     assert repeat_spread(cols) == 0.0
     cols["dt"] = 0.05 * np.exp(0.1 * np.random.default_rng(0).standard_normal(3000))
     assert 0.05 < repeat_spread(cols) < 0.09  # median |dev| of a 10% log-normal spread: ~6.7%
+
+
+def test_each_role_gets_its_own_coefficients():
+    """Prefill and decode engines of one deployment: two sets, each recovered, and the
+    profile holds one per role (the simulator looks them up by lane role)."""
+    from streamserve.calibration.fit import profile_json
+    from streamserve.calibration.roles import combined, fit_by_role
+
+    pre, dec = synthetic_steps(1500, seed=2), synthetic_steps(1500, seed=3)
+    slower = {**TRUE, "prompt.overhead_ms": 9.0, "decode.overhead_ms": 7.0}
+    from streamserve.calibration.fit import design
+    dec["dt"] = predict(slower, design(dec)) * 1e-3
+    pre["role"] = np.array(["prefill"] * 1500)
+    cols = {k: np.concatenate([pre[k], dec[k]]) for k in pre}
+    fits = fit_by_role(cols)
+    assert set(fits) == {"prefill", "decode"}
+    assert fits["prefill"].params["prompt.overhead_ms"] == pytest.approx(3.0, rel=0.02)
+    assert fits["decode"].params["prompt.overhead_ms"] == pytest.approx(9.0, rel=0.02)
+    total = combined(fits, cols)
+    assert total.n_test == fits["prefill"].n_test + fits["decode"].n_test and total.median_ape < 1e-3
+    meta = {"perf_model": "smollm2-135m", "gpu": "cpu", "lanes": [{"tp": 1}], "speculation": {"method": "ngram"},
+            "model": "m", "device": "cpu"}
+    roles = profile_json(fits, total, meta, 1000, "test")["entries"][0]["roles"]
+    assert set(roles) == {"prefill", "decode"} and "draft" in roles["decode"] and "draft" not in roles["prefill"]
+    assert roles["decode"]["prompt"]["overhead_ms"] == pytest.approx(9.0, rel=0.02)
+
+
+def test_handoff_cost_is_what_a_loading_step_takes_beyond_decoding():
+    """A decode engine's step that takes in h requests with KV costs a decode step of
+    B + h sequences plus the hand-off cost per request: that cost is recovered."""
+    from streamserve.calibration.fit import design
+    from streamserve.calibration.roles import handoff_cost_ms
+
+    rng = np.random.default_rng(5)
+    n = 200
+    b, h = rng.integers(0, 8, n).astype(float), rng.integers(1, 3, n).astype(float)
+    ctx, loaded = b * 300.0, h * 128.0
+    decoding = {"tokens": b + h, "prompt_tokens": np.zeros(n), "prompt_sq": np.zeros(n), "decode_seqs": b + h,
+                "decode_ctx": ctx + loaded, "k": np.zeros(n), "kv_saved": np.zeros(n), "kv_loaded": np.zeros(n),
+                "handoffs": np.zeros(n)}
+    cols = {"tokens": b + h * 5, "prompt_tokens": h * 5, "prompt_sq": h * 25, "decode_seqs": b, "decode_ctx": ctx,
+            "spec_tokens": np.zeros(n), "k": np.zeros(n), "kv_loaded": loaded, "kv_saved": np.zeros(n),
+            "handoffs": h}
+    cols["dt"] = (predict(TRUE, design(decoding)) + 40.0 * h) * 1e-3
+    assert handoff_cost_ms(TRUE, cols) == pytest.approx(40.0, rel=1e-6)
+
+
+def test_contention_with_another_engine_is_fitted_apart_from_the_step_model():
+    cols = synthetic_steps(3000, seed=4)
+    ov = (np.random.default_rng(6).random(3000) < 0.4).astype(float)
+    cols["overlap"] = ov
+    cols["dt"] = cols["dt"] * (1 + 0.4 * ov)
+    fit = fit_steps(cols)
+    assert fit.contention == pytest.approx(0.4, rel=0.02)
+    assert fit.params["decode.overhead_ms"] == pytest.approx(TRUE["decode.overhead_ms"], rel=0.02)
+    assert fit.median_ape < 1e-3
+
+
+def test_overlap_is_the_share_of_a_step_another_engine_was_busy():
+    from streamserve.calibration.roles import overlap
+
+    cols = {"t": np.array([1.0, 2.0, 1.5, 3.0]), "dt": np.array([1.0, 1.0, 1.0, 0.5]), "lane": np.array([0, 0, 1, 1])}
+    assert overlap(cols) == pytest.approx([0.5, 0.5, 1.0, 0.0])
+
+
+def test_fidelity_slows_each_lane_by_its_contention_at_the_other_lanes_utilisation(tmp_path):
+    import json
+
+    from streamserve.calibration.fidelity import Calibration, contended_profile
+    from streamserve.metrics import LaneUsage, LogHistogram, RunResult
+
+    step = {"overhead_ms": 10.0, "per_token_ms": 1.0, "weights_ms": 0.0, "compute_ms_per_token": 0.0,
+            "attn_sq_ms": 0.0, "per_ctx_ms": 0.0}
+    prof = {"format": "streamserve-profile", "version": 2, "source": "test",
+            "entries": [{"model": "smollm2-135m", "gpu": "cpu", "tp": 1, "roles": {
+                "prefill": {"prompt": step, "decode": step},
+                "decode": {"prompt": step, "decode": step, "draft": {"method": "ngram", "host_ms_per_seq": 2.0}}}}],
+            "calibration": {"link": {}, "acceptance": {}, "contention": {"prefill": 0.5, "decode": 0.2}}}
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(prof))
+    cal = Calibration.load(path)
+    sim = RunResult(requests=[], duration=10.0, itl=LogHistogram(), lanes=[
+        LaneUsage(0, "prefill", busy_time=4.0, steps=1, mean_batch=1.0, peak_kv_usage=0.0),
+        LaneUsage(1, "decode", busy_time=8.0, steps=1, mean_batch=1.0, peak_kv_usage=0.0)])
+    out = json.loads(contended_profile(cal, sim, tmp_path).read_text())
+    roles = out["entries"][0]["roles"]
+    assert roles["prefill"]["prompt"]["overhead_ms"] == pytest.approx(10.0 * (1 + 0.5 * 0.8))
+    assert roles["decode"]["decode"]["per_token_ms"] == pytest.approx(1.0 * (1 + 0.2 * 0.4))
+    assert roles["decode"]["draft"]["host_ms_per_seq"] == pytest.approx(2.0 * 1.08)
+    sim.lanes = sim.lanes[:1]  # one engine: nothing to slow it down
+    assert contended_profile(cal, sim, tmp_path) is None

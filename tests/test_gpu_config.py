@@ -81,9 +81,14 @@ def test_cpu_example_uses_example_connector_and_no_gpu_settings(tmp_path):
     assert specs[1].k_trace_path == tmp_path / "k-trace-lane1.jsonl"
     assert specs[1].env["STREAMSERVE_K_TRACE"] == str(tmp_path / "k-trace-lane1.jsonl")
     assert "STREAMSERVE_STEP_LOG" not in specs[1].env
-    cfg.profile_steps = True
-    assert engine_specs(cfg, base_env={}, log_dir=tmp_path)[1].env["STREAMSERVE_STEP_LOG"] == \
-        str(tmp_path / "steps-lane1.jsonl")
+    assert "streamserve.gpu.steplog.StepLogScheduler" not in specs[0].argv
+    cfg.profile_steps = True  # every engine logs its steps: the prefill engine through StepLogScheduler
+    logged = engine_specs(cfg, base_env={}, log_dir=tmp_path)
+    for lane, s in enumerate(logged):
+        assert s.env["STREAMSERVE_STEP_LOG"] == str(tmp_path / f"steps-lane{lane}.jsonl")
+        assert "--no-async-scheduling" in s.argv
+    assert _argv_value(logged[0].argv, "--scheduler-cls") == "streamserve.gpu.steplog.StepLogScheduler"
+    assert _argv_value(logged[1].argv, "--scheduler-cls") == "streamserve.gpu.specsched.SpecuStreamScheduler"
 
 
 def test_gpu_data_parallel_example_is_four_colocated_engines():

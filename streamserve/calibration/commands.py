@@ -80,7 +80,8 @@ def calibrate_cmd(profile_dir: str, out_path: str, plot_path: str | None, seed: 
     import time
 
     from streamserve.calibration import records
-    from streamserve.calibration.fit import fit_steps, profile_json, request_overhead_ms
+    from streamserve.calibration.fit import profile_json, request_overhead_ms
+    from streamserve.calibration.roles import combined, fit_by_role
     from streamserve.calibration.report import coefficient_lines, residual_plot
     from streamserve.specs import MODELS
 
@@ -89,7 +90,9 @@ def calibrate_cmd(profile_dir: str, out_path: str, plot_path: str | None, seed: 
         if meta["perf_model"] not in MODELS:
             raise records.ProfileDirError(f"{profile_dir}/meta.json: perf_model {meta['perf_model']!r} is not a "
                                           "model spec of this streamserve")
-        fit = fit_steps(records.columns(steps), seed=seed)
+        cols = records.columns(steps)
+        fits = fit_by_role(cols, seed=seed)
+        fit = combined(fits, cols)
     except _user_errors() as e:
         _fail(str(e))
     spec_kv = MODELS[meta["perf_model"]].kv_bytes_per_token
@@ -100,15 +103,20 @@ def calibrate_cmd(profile_dir: str, out_path: str, plot_path: str | None, seed: 
         by_cell.setdefault(step.cell, []).append(step)
     requests_path = Path(profile_dir) / records.REQUESTS
     overhead = request_overhead_ms(records.read_jsonl(requests_path), by_cell) if requests_path.is_file() else None
-    data = profile_json(fit, meta, spec_kv, source, overhead)
+    data = profile_json(fits, fit, meta, spec_kv, source, overhead)
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(data, indent=1) + "\n")
     png = Path(plot_path) if plot_path else out.with_name(out.stem + "-residuals.png")
     residual_plot(fit, png, f"{meta['served_model_name']} on {meta['device']}: {len(steps)} steps")
     click.echo(f"fitted {meta['perf_model']} on {meta['gpu']} from {fit.n_train} steps in {fit.seconds:.1f} s:")
-    for line in coefficient_lines(fit):
-        click.echo(line)
+    for role, role_fit in fits.items():
+        if len(fits) > 1:
+            click.echo(f" {role} engines ({role_fit.n_train} steps; held out {role_fit.n_test}: median |error| "
+                       f"{100 * role_fit.median_ape:.1f}%, p90 {100 * role_fit.p90_ape:.1f}%, total time "
+                       f"{role_fit.busy_ratio:.3f} x measured; repeatability {100 * role_fit.noise_floor:.1f}%):")
+        for line in coefficient_lines(role_fit):
+            click.echo(line)
     if fit.acceptance:
         click.echo("acceptance per class: " + ", ".join(f"{k} {v:.3f}" for k, v in fit.acceptance.items()))
     link = data["calibration"]["link"]

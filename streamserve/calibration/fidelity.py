@@ -20,6 +20,7 @@ import numpy as np
 
 from streamserve.calibration import records, report
 from streamserve.calibration.fit import PARAMS, design, predict
+from streamserve.calibration.roles import overlap
 from streamserve.calibration.live import Deployment
 from streamserve.calibration.profile import device_name, kv_bytes_per_token, model_spec_for
 from streamserve.config import ClusterConfig, EngineConfig, LaneConfig, LinkConfig, SpeculationConfig
@@ -46,8 +47,18 @@ class Calibration:
     profile: Profile
     link: dict[str, float]
     acceptance: dict[str, float]
-    params: dict[str, float]  # the fit's coefficients by ``fit.PARAMS`` name (ms)
+    params: dict[str, float]  # the fit's coefficients by ``fit.PARAMS`` name (ms); connector terms of every role
     request_overhead_s: float = 0.0  # fit.request_overhead_ms, seconds
+    role_params: dict[str, dict[str, float]] | None = None  # per role ("*": every role), ``fit.PARAMS`` names
+    contention: dict[str, float] | None = None  # per role: step time x (1 + c * other engines busy)
+
+    def contention_of(self, role: str) -> float:
+        c = self.contention or {}
+        return float(c.get(role, c.get("*", 0.0)))
+
+    def params_of(self, role: str) -> dict[str, float]:
+        roles = self.role_params or {"*": self.params}
+        return roles.get(role) or roles.get("*") or next(iter(roles.values()))
 
     @classmethod
     def load(cls, path: str | Path) -> "Calibration":
@@ -57,19 +68,26 @@ class Calibration:
         if not isinstance(section, dict):
             raise ProfileError(f"{path}: no 'calibration' section (write the profile with `streamserve calibrate`)")
         link = section.get("link") or {}
-        params = {name: 0.0 for name in PARAMS}
+        role_params: dict[str, dict[str, float]] = {}
         try:
-            role = data["entries"][0]["roles"]["*"]
-            for which in ("prompt", "decode"):
-                params.update({f"{which}.{k}": float(v) for k, v in role[which].items()})
-            params["draft_host_ms_per_seq"] = float(role.get("draft", {}).get("host_ms_per_seq", 0.0))
-            params.update({k: float(v) for k, v in section.get("connector_io", {}).items()})
-        except (KeyError, IndexError, TypeError, ValueError):
-            raise ProfileError(f"{path}: not a profile written by `streamserve calibrate` (entries[0].roles.*)") from None
+            connector = {k: float(v) for k, v in section.get("connector_io", {}).items()}
+            for name, body in data["entries"][0]["roles"].items():
+                params = {p: 0.0 for p in PARAMS}
+                for which in ("prompt", "decode"):
+                    params.update({f"{which}.{k}": float(v) for k, v in body[which].items()})
+                params["draft_host_ms_per_seq"] = float(body.get("draft", {}).get("host_ms_per_seq", 0.0))
+                params.update(connector)
+                role_params[str(name)] = params
+            merged = dict(next(iter(role_params.values())))
+            merged["draft_host_ms_per_seq"] = max(p["draft_host_ms_per_seq"] for p in role_params.values())
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError, StopIteration):
+            raise ProfileError(f"{path}: not a profile written by `streamserve calibrate` "
+                               "(entries[0].roles.<role>.prompt/decode)") from None
         return cls(Path(path), profile, {"bandwidth_gbps": float(link.get("bandwidth_gbps", 1e6)),
                                          "latency_ms": float(link.get("latency_ms", 0.0))},
-                   {str(k): float(v) for k, v in (section.get("acceptance") or {}).items()}, params,
-                   float(section.get("request_overhead_ms") or 0.0) * 1e-3)
+                   {str(k): float(v) for k, v in (section.get("acceptance") or {}).items()}, merged,
+                   float(section.get("request_overhead_ms") or 0.0) * 1e-3, role_params,
+                   {str(k): float(v) for k, v in (section.get("contention") or {}).items()})
 
 
 def check_profile_covers(cal: Calibration, model: str, gpu: str, tps: set[int]) -> None:
@@ -137,6 +155,57 @@ def replay_workload(live: RunResult, name: str, datasets: tuple[str, ...], cal: 
         datasets=datasets, alpha=alpha)
 
 
+def contended_profile(cal: Calibration, sim: RunResult, out: Path) -> Path | None:
+    """The profile with each role's coefficients scaled by 1 + contention x the other
+    lanes' utilisation in ``sim`` (engines sharing cores slow each other down; the
+    simulator's lanes do not), written to ``out``; None when nothing is scaled."""
+    if not sim.lanes or len(sim.lanes) < 2 or not any((cal.contention or {}).values()) or sim.duration <= 0:
+        return None
+    util = {ln.lane_id: ln.busy_time / sim.duration for ln in sim.lanes}
+    factor: dict[str, float] = {}
+    for ln in sim.lanes:
+        role = str(ln.role.value if hasattr(ln.role, "value") else ln.role)
+        others = sum(u for lane, u in util.items() if lane != ln.lane_id)
+        factor[role] = max(factor.get(role, 1.0), 1.0 + cal.contention_of(role) * others)
+    data = json.loads(cal.path.read_text())
+    for entry in data["entries"]:
+        roles = entry["roles"]
+        for name in list(roles):
+            targets = [name] if name != "*" else sorted(factor)
+            for role in targets:
+                body = json.loads(json.dumps(roles[name]))
+                f = factor.get(role, 1.0)
+                for which in ("prompt", "decode"):
+                    body[which] = {k: float(v) * f for k, v in body[which].items()}
+                if "draft" in body:
+                    body["draft"]["host_ms_per_seq"] = float(body["draft"]["host_ms_per_seq"]) * f
+                roles[role] = body
+            if name == "*" and factor:
+                del roles[name]
+    data["calibration"]["contention_factors"] = factor
+    path = out / "profile-contended.json"
+    path.write_text(json.dumps(data, indent=1) + "\n")
+    return path
+
+
+def simulate_contended(cfg: LiveConfig, cal: Calibration, model: str, gpu: str, workload: Workload, seed: int,
+                       out: Path) -> tuple[ClusterConfig, RunResult]:
+    """Simulate ``workload``; where the profile has a contention term, again with each
+    lane's steps slowed by the other lanes' utilisation of the first pass, twice (the
+    utilisation depends on the slowdown; two passes settle it to a few percent)."""
+    from streamserve.sim import run as simulate
+
+    cluster = cluster_from_live(cfg, cal, model, gpu)
+    sim = simulate(cluster, workload, seed)
+    for _ in range(2):
+        path = contended_profile(cal, sim, out)
+        if path is None:
+            break
+        cluster = cluster.model_copy(update={"profile": str(path)})
+        sim = simulate(cluster, workload, seed)
+    return cluster, sim
+
+
 def load_live_run(folder: Path) -> tuple[RunResult, dict[str, Any], dict[str, Any]]:
     """The live side of an earlier fidelity run (``DIR/live/requests.csv`` and
     ``DIR/fidelity.json``), to simulate it again with another profile (``--replay-live``)."""
@@ -183,7 +252,13 @@ def step_check(steps: list[records.StepRecord], cal: Calibration) -> dict[str, f
         return {}
     cols = records.columns(steps)
     measured = cols["dt"] * 1e3
-    pred = predict(cal.params, design(cols))
+    x = design(cols)
+    ov = overlap(cols)
+    pred = np.zeros(len(measured))
+    for role in set(cols["role"].tolist()):
+        sel = cols["role"] == role
+        pred[sel] = predict(cal.params_of(role), {k: v[sel] for k, v in x.items()}) \
+            * (1.0 + cal.contention_of(role) * ov[sel])
     ape = np.abs(pred - measured) / measured
     return {"steps": len(steps), "median_abs_pct_error": float(100 * np.median(ape)),
             "p90_abs_pct_error": float(100 * np.percentile(ape, 90)),
@@ -229,8 +304,6 @@ def run_fidelity(cfg: LiveConfig, profile_path: Path, workload: Workload | None,
                  attach: bool = False, echo=print, replay_live: Path | None = None) -> dict[str, Any]:
     """Run ``workload`` live and simulated (or simulate the live run recorded in
     ``replay_live`` again); write table, plots and fidelity.json to ``out``."""
-    from streamserve.sim import run as simulate
-
     cal = Calibration.load(profile_path)
     model, gpu = model_spec_for(cfg), device_name(cfg)
     check_profile_covers(cal, model, gpu, {e.tp for e in cfg.engines})
@@ -244,8 +317,8 @@ def run_fidelity(cfg: LiveConfig, profile_path: Path, workload: Workload | None,
             if saved.is_file() else {}
         echo(f"live: the {len(live.requests)} requests recorded in {replay_live}")
         datasets = tuple(sorted({r.dataset for r in live.requests}))
-        cluster = cluster_from_live(live_cfg, cal, model, gpu)
-        sim = simulate(cluster, replay_workload(live, str(s_live.get("workload", "replay")), datasets, cal), seed)
+        cluster, sim = simulate_contended(live_cfg, cal, model, gpu, replay_workload(
+            live, str(s_live.get("workload", "replay")), datasets, cal), seed, out)
         for r in sim.requests:
             r.arrival -= cal.request_overhead_s
         s_sim = summarize(sim)
@@ -266,9 +339,9 @@ def run_fidelity(cfg: LiveConfig, profile_path: Path, workload: Workload | None,
             raise FidelityError(f"live run failed: {len(failed)} of {len(live.requests)} requests did not finish "
                                 f"(first: {failed[0].reason})")
         steps = live_steps(dep, wall0)
-    cluster = cluster_from_live(live_cfg, cal, model, gpu)
     echo("simulated: the same requests, arrival times and output lengths")
-    sim = simulate(cluster, replay_workload(live, workload.name, workload.datasets, cal), seed)
+    cluster, sim = simulate_contended(live_cfg, cal, model, gpu, replay_workload(
+        live, workload.name, workload.datasets, cal), seed, out)
     for r in sim.requests:  # the client sent it that much earlier (calibrate's request overhead)
         r.arrival -= cal.request_overhead_s
     s_live, s_sim = summarize(live), summarize(sim)

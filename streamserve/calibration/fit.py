@@ -3,8 +3,13 @@
 The form is ``streamserve.perfmodel``'s, in milliseconds, one coefficient set for steps
 that carry prompt tokens and one for decode-only steps::
 
-    dt = overhead + per_token*T + max(weights, compute_per_token*T) + attn_sq*P2 + per_ctx*C
-         + draft_host*B*[k > 0] + kv_save*saved + kv_load*loaded + handoff*handoffs
+    dt = (overhead + per_token*T + max(weights, compute_per_token*T) + attn_sq*P2 + per_ctx*C
+          + draft_host*B*[k > 0] + kv_save*saved + kv_load*loaded + handoff*handoffs)
+         * (1 + contention*overlap)
+
+(``overlap``: how much of the step other engines of the deployment were in a step,
+``roles.overlap``; without an ``overlap`` column, or with too few overlapping steps,
+``contention`` is 0.)
 
 The last three terms are the connector's I/O inside the steps (a CPU connector writes
 and reads KV synchronously); they become the simulator's KV link (``latency_ms``: the
@@ -34,6 +39,7 @@ from streamserve.roofline import STEP_FIELDS, StepCoeffs
 EXTRA_FIELDS = ("draft_host_ms_per_seq", "kv_save_ms_per_token", "kv_load_ms_per_token", "handoff_ms")
 PARAMS = tuple(f"prompt.{f}" for f in STEP_FIELDS) + tuple(f"decode.{f}" for f in STEP_FIELDS) + EXTRA_FIELDS
 MIN_ACCEPTANCE_STEPS = 5
+MIN_CONTENTION_STEPS = 10  # steps that overlapped another engine's, needed to fit the contention term
 
 
 @dataclass
@@ -49,6 +55,7 @@ class FitResult:
     seconds: float
     acceptance: dict[str, float] = field(default_factory=dict)  # per prompt class
     noise_floor: float = math.nan  # repeat_spread(): what no step model can explain
+    contention: float = 0.0  # steps take (1 + contention * overlap) times the step model's time
     busy_ratio: float = math.nan  # held out: predicted / measured total step time
     test_measured: np.ndarray = field(default_factory=lambda: np.zeros(0))
     test_predicted: np.ndarray = field(default_factory=lambda: np.zeros(0))
@@ -142,6 +149,45 @@ def _start(x: dict[str, np.ndarray], y: np.ndarray, free: np.ndarray) -> list[np
     return starts
 
 
+def _fit_shape(x_tr: dict[str, np.ndarray], y_tr: np.ndarray, free: np.ndarray,
+               ov: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+    """Least squares (ms, every term bounded below by 0) of the step model's coefficients
+    and, given each step's ``overlap`` with other engines, of the contention term:
+    dt = step model x (1 + contention x overlap)."""
+    with_c = ov is not None
+    m = ov if ov is not None else np.zeros(len(y_tr))
+
+    def full(theta: np.ndarray) -> np.ndarray:
+        v = np.zeros(len(PARAMS))
+        v[free] = theta[:int(free.sum())]
+        return v
+
+    def gamma(theta: np.ndarray) -> float:
+        return float(theta[-1]) if with_c else 0.0
+
+    scale = float(np.mean(y_tr))
+
+    def residual(theta: np.ndarray) -> np.ndarray:
+        return (predict(full(theta), x_tr) * (1.0 + gamma(theta) * m) - y_tr) / scale
+
+    def jac(theta: np.ndarray) -> np.ndarray:
+        g = gamma(theta)
+        j = jacobian(full(theta), x_tr)[:, free] * (1.0 + g * m)[:, None]
+        if with_c:
+            j = np.hstack([j, (predict(full(theta), x_tr) * m)[:, None]])
+        return j / scale
+
+    best = None
+    for start in _start(x_tr, y_tr, free):
+        s0 = np.concatenate([start[free], [0.1]]) if with_c else start[free]
+        sol = least_squares(residual, s0, jac=jac, bounds=(0.0, np.inf), loss="linear",
+                            x_scale="jac", method="trf", tr_solver="lsmr", max_nfev=500)
+        if best is None or sol.cost < best.cost:
+            best = sol
+    assert best is not None
+    return full(best.x), gamma(best.x)
+
+
 def fit_steps(cols: dict[str, np.ndarray], seed: int = 0, holdout: float = 0.2) -> FitResult:
     """Fit the coefficients on 80% of the steps and report errors on the other 20%."""
     t0 = time.perf_counter()
@@ -166,23 +212,9 @@ def fit_steps(cols: dict[str, np.ndarray], seed: int = 0, holdout: float = 0.2) 
         v[free] = theta
         return v
 
-    scale = float(np.mean(y_tr))
-
-    def residual(theta: np.ndarray) -> np.ndarray:
-        return (predict(full(theta), x_tr) - y_tr) / scale
-
-    def jac(theta: np.ndarray) -> np.ndarray:
-        return jacobian(full(theta), x_tr)[:, free] / scale
-
-    best = None
-    for start in _start(x_tr, y_tr, free):
-        sol = least_squares(residual, start[free], jac=jac, bounds=(0.0, np.inf), loss="linear",
-                            x_scale="jac", method="trf", tr_solver="lsmr", max_nfev=500)
-        if best is None or sol.cost < best.cost:
-            best = sol
-    assert best is not None
-    v = np.zeros(len(PARAMS))
-    v[free] = best.x
+    ov_all = cols.get("overlap")
+    ov_tr = ov_all[train] if ov_all is not None else np.zeros(len(train))
+    v, gamma = _fit_shape(x_tr, y_tr, free, ov_tr if (ov_tr > 0.05).sum() >= MIN_CONTENTION_STEPS else None)
     nf = len(STEP_FIELDS)
     for which, off, rows in (("prompt", 0, x_tr["prompt"]), ("decode", nf, ~x_tr["prompt"])):
         if rows.any() and not (v[off + 3] * x_tr["T"][rows] > v[off + 2]).any():
@@ -194,12 +226,13 @@ def fit_steps(cols: dict[str, np.ndarray], seed: int = 0, holdout: float = 0.2) 
     params = {name: float(val) for name, val in zip(PARAMS, v)}
     x_te = {k: val[test] for k, val in x_all.items()}
     y_te = y_all[test]
-    pred_te = predict(v, x_te)
+    ov_te = ov_all[test] if ov_all is not None else np.zeros(len(test))
+    pred_te = predict(v, x_te) * (1.0 + gamma * ov_te)
     ape = np.abs(pred_te - y_te) / y_te
     return FitResult(
         params=params, fixed=fixed, n_train=len(train), n_test=len(test),
-        r2=_r2(y_te, pred_te), median_ape=float(np.median(ape)), p90_ape=float(np.percentile(ape, 90)),
-        r2_train=_r2(y_tr, predict(v, x_tr)), seconds=time.perf_counter() - t0,
+        r2=r_squared(y_te, pred_te), median_ape=float(np.median(ape)), p90_ape=float(np.percentile(ape, 90)),
+        r2_train=r_squared(y_tr, predict(v, x_tr) * (1.0 + gamma * ov_tr)), seconds=time.perf_counter() - t0, contention=gamma,
         busy_ratio=float(pred_te.sum() / y_te.sum()),
         acceptance=fit_acceptance(cols), noise_floor=repeat_spread(cols), test_measured=y_te, test_predicted=pred_te,
         test_prompt=x_te["prompt"], test_tokens=x_te["T"])
@@ -222,7 +255,7 @@ def repeat_spread(cols: dict[str, np.ndarray]) -> float:
     return float(np.median(np.concatenate(dev))) if dev else math.nan
 
 
-def _r2(y: np.ndarray, pred: np.ndarray) -> float:
+def r_squared(y: np.ndarray, pred: np.ndarray) -> float:
     ss = float(np.sum((y - np.mean(y)) ** 2))
     return 1.0 - float(np.sum((y - pred) ** 2)) / ss if ss > 0 else math.nan
 
@@ -261,30 +294,40 @@ def link_from_fit(params: dict[str, float], kv_bytes_per_token_spec: int) -> dic
     return {"bandwidth_gbps": bw, "latency_ms": params["handoff_ms"]}
 
 
-def profile_json(fit: FitResult, meta: dict[str, Any], kv_bytes_spec: int, source: str,
-                 overhead_ms: float | None = None) -> dict[str, Any]:
-    """A version-2 profile (``streamserve/profiles/README.md``) holding the fit, with the
-    link, acceptance and fit quality in a ``calibration`` section the simulator's
-    ``fidelity`` run reads."""
-    role: dict[str, Any] = {"prompt": fit.coeffs("prompt").as_dict(), "decode": fit.coeffs("decode").as_dict()}
+def profile_json(fits: dict[str, FitResult], total: FitResult, meta: dict[str, Any], kv_bytes_spec: int,
+                 source: str, overhead_ms: float | None = None) -> dict[str, Any]:
+    """A version-2 profile (``streamserve/profiles/README.md``) holding one coefficient set
+    per role (``*`` when the deployment has one role; ``roles.fit_by_role``), with the link,
+    acceptance and fit quality of ``total`` (``roles.combined``) in a ``calibration``
+    section the simulator's ``fidelity`` run reads."""
     method = meta["speculation"].get("method", "none")
-    if method == "ngram":
-        role["draft"] = {"method": "ngram", "host_ms_per_seq": fit.params["draft_host_ms_per_seq"]}
+    roles: dict[str, Any] = {}
+    for role, fit in fits.items():
+        body: dict[str, Any] = {"prompt": fit.coeffs("prompt").as_dict(), "decode": fit.coeffs("decode").as_dict()}
+        if method == "ngram" and role != "prefill":
+            body["draft"] = {"method": "ngram", "host_ms_per_seq": fit.params["draft_host_ms_per_seq"]}
+        roles["*" if len(fits) == 1 else role] = body
     tps = sorted({int(lane["tp"]) for lane in meta["lanes"]})
     return {
         "format": "streamserve-profile", "version": 2, "source": source,
-        "entries": [{"model": meta["perf_model"], "gpu": meta["gpu"], "tp": tp, "roles": {"*": role}} for tp in tps],
+        "entries": [{"model": meta["perf_model"], "gpu": meta["gpu"], "tp": tp, "roles": roles} for tp in tps],
         "calibration": {
             "model_folder": meta["model"], "device": meta["device"], "dtype": meta.get("dtype"),
-            "link": link_from_fit(fit.params, kv_bytes_spec), "acceptance": fit.acceptance,
+            "link": link_from_fit(total.params, kv_bytes_spec), "acceptance": total.acceptance,
             "request_overhead_ms": overhead_ms,
-            "connector_io": {k: fit.params[k] for k in EXTRA_FIELDS[1:]},
-            "fixed_at_zero": fit.fixed,
-            "objective": "least squares on step time (ms): the mean step time",
-            "held_out": {"steps": fit.n_test, "r2": fit.r2, "median_abs_pct_error": 100 * fit.median_ape,
-                         "p90_abs_pct_error": 100 * fit.p90_ape},
-            "repeat_spread_pct": 100 * fit.noise_floor, "held_out_busy_ratio": fit.busy_ratio,
-            "train_steps": fit.n_train,
+            "connector_io": {k: total.params[k] for k in EXTRA_FIELDS[1:]},
+            "fixed_at_zero": {role: fit.fixed for role, fit in fits.items()},
+            # a step takes (1 + contention * overlap) times its time alone, overlap = other engines
+            # in a step meanwhile (roles.overlap); the simulator's lanes do not slow each other, so
+            # fidelity applies it to each lane at the other lanes' simulated utilisation
+            "contention": {("*" if len(fits) == 1 else role): fit.contention for role, fit in fits.items()},
+            "objective": "least squares on step time (ms), one fit per engine role: the mean step time",
+            "held_out": {"steps": total.n_test, "r2": total.r2, "median_abs_pct_error": 100 * total.median_ape,
+                         "p90_abs_pct_error": 100 * total.p90_ape,
+                         "by_role": {role: {"steps": f.n_test, "median_abs_pct_error": 100 * f.median_ape,
+                                            "p90_abs_pct_error": 100 * f.p90_ape} for role, f in fits.items()}},
+            "repeat_spread_pct": 100 * total.noise_floor, "held_out_busy_ratio": total.busy_ratio,
+            "train_steps": total.n_train,
         },
     }
 

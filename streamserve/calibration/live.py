@@ -16,14 +16,13 @@ from typing import Any
 
 from streamserve.gpu.bench import BenchOptions, run_bench
 from streamserve.gpu.config import LiveConfig
-from streamserve.gpu.engine_args import ENV_STEP_LOG, EngineSpec, engine_specs, port_free, resolve_model
+from streamserve.gpu.engine_args import EngineSpec, engine_specs, port_free, resolve_model
 from streamserve.gpu.engines import EngineError, EngineSet, check_model
 from streamserve.gpu.prompts import fill_prompts
 from streamserve.metrics import RunResult
 from streamserve.workload.base import Workload
 
-STEPLOG_SCHEDULER_CLS = "streamserve.gpu.steplog.StepLogScheduler"
-STEP_LOG_NAME = "steps-lane{lane}.jsonl"  # as engine_args.engine_env names it under log_dir
+STEP_LOG_NAME = "steps-lane{lane}.jsonl"  # as engine_args.engine_specs names it under log_dir
 
 
 def model_folder(cfg: LiveConfig) -> Path:
@@ -31,13 +30,9 @@ def model_folder(cfg: LiveConfig) -> Path:
 
 
 def step_logging_specs(cfg: LiveConfig, log_dir: Path) -> list[EngineSpec]:
-    """The engines of ``cfg``, each appending its steps to ``log_dir/steps-lane{i}.jsonl``."""
-    specs = engine_specs(cfg, log_dir=log_dir)
-    for spec in specs:
-        spec.env[ENV_STEP_LOG] = str(log_dir / STEP_LOG_NAME.format(lane=spec.lane_id))
-        if "--scheduler-cls" not in spec.argv:
-            spec.argv += ["--scheduler-cls", STEPLOG_SCHEDULER_CLS, "--no-async-scheduling"]
-    return specs
+    """The engines of ``cfg``, each appending its steps to ``log_dir/steps-lane{i}.jsonl``
+    (what ``profile_steps: true`` makes ``streamserve serve`` do)."""
+    return engine_specs(cfg.model_copy(update={"profile_steps": True}), log_dir=log_dir)
 
 
 class Deployment:

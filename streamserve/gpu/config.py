@@ -119,7 +119,7 @@ class LiveConfig(_Strict):
     router: PolicyConfig = PolicyConfig(name="flowguard")
     spec_policy: PolicyConfig = PolicyConfig(name="specustream")
     perf: PerfRef = PerfRef()
-    profile_steps: bool = False  # log every speculative step (tokens, duration) to fit `perf`
+    profile_steps: bool = False  # every engine logs every step (log_dir/steps-lane{i}.jsonl) for calibrate
     log_dir: str = "streamserve-logs"
     startup_timeout_s: float = Field(600.0, gt=0)
     python: str | None = None  # interpreter that has vLLM; default: the one running streamserve

@@ -17,6 +17,7 @@ from pathlib import Path
 from streamserve.gpu.config import EngineEntry, LiveConfig
 
 SPEC_SCHEDULER_CLS = "streamserve.gpu.specsched.SpecuStreamScheduler"
+STEPLOG_SCHEDULER_CLS = "streamserve.gpu.steplog.StepLogScheduler"  # profile_steps on engines that do not speculate
 ENTRY_MODULE = "streamserve.gpu.vllm_main"  # runs `vllm serve` on every vLLM build (see that module)
 ENV_SPEC_POLICY = "STREAMSERVE_SPEC_POLICY"  # JSON: the policy config the engine's scheduler builds
 ENV_K_TRACE = "STREAMSERVE_K_TRACE"  # file the engine's scheduler appends k changes to
@@ -161,6 +162,8 @@ def engine_command(lane_id: int, entry: EngineEntry, cfg: LiveConfig, python: st
         # Our scheduler subclasses the synchronous Scheduler; vLLM would otherwise pick
         # async scheduling on GPUs for some drafters and bypass it.
         argv += ["--scheduler-cls", SPEC_SCHEDULER_CLS, "--no-async-scheduling"]
+    elif cfg.profile_steps:  # every engine logs its steps (one JSON line each: cheap next to a step)
+        argv += ["--scheduler-cls", STEPLOG_SCHEDULER_CLS, "--no-async-scheduling"]
     return argv + list(entry.extra_args)
 
 
@@ -183,6 +186,10 @@ def engine_env(lane_id: int, entry: EngineEntry, cfg: LiveConfig, base: dict[str
         env["VLLM_CPU_KVCACHE_SPACE"] = str(cfg.cpu_kvcache_space_gib)
         threads = entry.cpu_threads or 1
         env["OMP_NUM_THREADS"] = str(threads)
+        # vLLM's n-gram drafter runs numba's OpenMP pool, sized by default to every core of the
+        # machine; its idle threads spin in a barrier, taking CPU from the engines (measured:
+        # 3 of 10 s of a core on the 2-core machine of docs/results/fidelity/). Same budget as torch.
+        env["NUMBA_NUM_THREADS"] = str(threads)
         env["VLLM_CPU_OMP_THREADS_BIND"] = "nobind"
     if speculates(entry, cfg):
         policy = cfg.spec_policy.model_dump()
@@ -190,13 +197,11 @@ def engine_env(lane_id: int, entry: EngineEntry, cfg: LiveConfig, base: dict[str
         if perf["profile"] is not None:  # the engine may run elsewhere than the config's folder
             perf["profile"] = str(Path(perf["profile"]).resolve())
         env[ENV_SPEC_POLICY] = json.dumps({
-            "lane_id": lane_id, "tp": entry.tp, "policy": policy,
+            "lane_id": lane_id, "tp": entry.tp, "role": entry.role, "policy": policy,
             "perf": perf, "draft": cfg.draft_profile_name,
         }, sort_keys=True)
         if k_trace is not None:
             env[ENV_K_TRACE] = str(k_trace)
-            if cfg.profile_steps:
-                env[ENV_STEP_LOG] = str(k_trace.with_name(f"steps-lane{lane_id}.jsonl"))
     return env
 
 
@@ -210,10 +215,13 @@ def engine_specs(cfg: LiveConfig, base_env: dict[str, str] | None = None,
     side = side_ports(cfg)
     for lane_id, entry in enumerate(cfg.engines):
         k_trace = logs / f"k-trace-lane{lane_id}.jsonl" if speculates(entry, cfg) else None
+        env = engine_env(lane_id, entry, cfg, base, k_trace)
+        if cfg.profile_steps:
+            env[ENV_STEP_LOG] = str(logs / f"steps-lane{lane_id}.jsonl")
         specs.append(EngineSpec(
             lane_id=lane_id, entry=entry,
             argv=engine_command(lane_id, entry, cfg, python),
-            env=engine_env(lane_id, entry, cfg, base, k_trace),
+            env=env,
             log_path=logs / f"engine-{lane_id}-{entry.role}.log",
             k_trace_path=k_trace,
             side_ports=side[lane_id],

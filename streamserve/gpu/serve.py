@@ -27,7 +27,7 @@ def build_lanes(cfg: LiveConfig, log_dir: Path | None = None) -> list[LiveLane]:
 def build_frontend(cfg: LiveConfig, log_dir: Path | None = None) -> Executor:
     """The front end for ``cfg``'s engines."""
     lanes = build_lanes(cfg, log_dir)
-    perf = lane_perf(cfg.perf.model_dump(), [(lane.lane_id, lane.tp) for lane in lanes], cfg.draft_profile_name)
+    perf = lane_perf(cfg.perf.model_dump(), [(lane.lane_id, lane.tp, lane.role.value) for lane in lanes], cfg.draft_profile_name)
     scheduler = build_front_scheduler(cfg.router.model_dump(), cfg.scheduler.model_dump(), perf, cfg.seed)
     return Executor(lanes, scheduler, metrics_interval=cfg.frontend.metrics_interval_s,
                     request_timeout=cfg.frontend.request_timeout_s)

@@ -20,8 +20,9 @@ def fmt(x: float) -> str:
 
 def main() -> None:
     lines = ["# Fidelity runs: simulated vs live, % error (simulated - live) / live", "",
-             "| run | requests | live req/s | " + " | ".join(label for _, label in KEYS) + " | live engine busy time: measured / step model |",
-             "|---|---:|---:|" + "---:|" * len(KEYS) + "---:|"]
+             "| run | requests | live req/s | " + " | ".join(label for _, label in KEYS)
+             + " | live engine busy time: measured / step model | profile |",
+             "|---|---:|---:|" + "---:|" * len(KEYS) + "---:|---|"]
     for path in sorted(HERE.glob("*/fidelity.json")):
         data = json.loads(path.read_text())
         rows = {r["key"]: r for r in data["rows"]}
@@ -29,7 +30,7 @@ def main() -> None:
         cells = [fmt(rows[k]["error_pct"]) if k in rows else "n/a" for k, _ in KEYS]
         step = f"{check['busy_s_measured']:.0f} s / {check['busy_s_predicted']:.0f} s" if check else "not kept"
         lines.append(f"| {path.parent.name} | {data['requests']} | {data['live']['request_throughput']:.2f} | "
-                     + " | ".join(cells) + f" | {step} |")
+                     + " | ".join(cells) + f" | {step} | {Path(data['profile']).name} |")
     (HERE / "summary.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
