@@ -9,6 +9,7 @@ model of the engines, not the workload. Both sides are summarised by ``metrics.s
 """
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import math
@@ -164,7 +165,7 @@ def contended_profile(cal: Calibration, sim: RunResult, out: Path) -> Path | Non
     util = {ln.lane_id: ln.busy_time / sim.duration for ln in sim.lanes}
     factor: dict[str, float] = {}
     for ln in sim.lanes:
-        role = str(ln.role.value if hasattr(ln.role, "value") else ln.role)
+        role = ln.role
         others = sum(u for lane, u in util.items() if lane != ln.lane_id)
         factor[role] = max(factor.get(role, 1.0), 1.0 + cal.contention_of(role) * others)
     data = json.loads(cal.path.read_text())
@@ -173,7 +174,7 @@ def contended_profile(cal: Calibration, sim: RunResult, out: Path) -> Path | Non
         for name in list(roles):
             targets = [name] if name != "*" else sorted(factor)
             for role in targets:
-                body = json.loads(json.dumps(roles[name]))
+                body = copy.deepcopy(roles[name])
                 f = factor.get(role, 1.0)
                 for which in ("prompt", "decode"):
                     body[which] = {k: float(v) * f for k, v in body[which].items()}
