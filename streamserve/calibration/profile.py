@@ -19,6 +19,7 @@ from typing import Any, Callable
 import numpy as np
 
 from streamserve.calibration import records
+from streamserve.calibration.gather import SCHEDULER_NAME
 from streamserve.calibration.grid import Cell, build_grid
 from streamserve.calibration.kcycle import POLICY_NAME
 from streamserve.calibration.live import Deployment, model_folder
@@ -80,8 +81,9 @@ def device_name(cfg: LiveConfig) -> str:
 
 def profiling_config(cfg: LiveConfig) -> LiveConfig:
     """``cfg`` with the profile run's changes: every step logged, k cycled on decoders,
-    requests spread evenly (round robin, first come first served)."""
-    update: dict[str, Any] = {"profile_steps": True, "scheduler": PolicyConfig(name="fcfs"),
+    requests spread evenly (round robin, first come first served, a burst prefilled whole
+    before it decodes: ``gather.py``)."""
+    update: dict[str, Any] = {"profile_steps": True, "scheduler": PolicyConfig(name=SCHEDULER_NAME),
                               "router": PolicyConfig(name="round_robin"),
                               # the profile being made may be the one the config names: predict with the roofline
                               "perf": PerfRef(profile=None, model=cfg.perf.model, gpu=cfg.perf.gpu)}
@@ -102,11 +104,31 @@ def make_meta(cfg: LiveConfig, size: str, config_path: str) -> dict[str, Any]:
     }
 
 
-def cell_workload(cell: Cell) -> Workload:
+def cell_workload(cell: Cell, gap_s: float = 0.0) -> Workload:
+    """The requests of ``cell``: a burst from ``concurrency`` clients, or (``gap_s`` > 0) one
+    request every ``gap_s`` seconds."""
     n = cell.requests
+    arrival = np.arange(n, dtype=np.float64) * gap_s if gap_s > 0 else None
     return Workload(name=cell.id, prompt_len=np.full(n, cell.prompt_len, dtype=np.int64),
-                    output_len=np.full(n, cell.output_len, dtype=np.int64), arrival=None,
-                    dataset=np.zeros(n, dtype=np.int16), datasets=(cell.dataset,), concurrency=cell.concurrency)
+                    output_len=np.full(n, cell.output_len, dtype=np.int64), arrival=arrival,
+                    dataset=np.zeros(n, dtype=np.int16), datasets=(cell.dataset,),
+                    concurrency=None if arrival is not None else cell.concurrency)
+
+
+def cell_gap_s(out: Path, cell: Cell) -> float:
+    """Seconds between the arrivals of a ``contend`` cell: its ``spacing`` times the median
+    client TTFT of the run's single prompts of the same length (``prefill-*`` cells, which
+    run earlier), so that the engines overlap on any machine, CPU or GPU."""
+    if cell.spacing <= 0:
+        return 0.0
+    path = out / records.REQUESTS
+    rows = records.read_jsonl(path) if path.is_file() else []
+    ttft = [float(r["ttft"]) for r in rows
+            if str(r.get("cell", "")).startswith(f"prefill-{cell.prompt_len}-r") and float(r.get("ttft", 0)) > 0]
+    if not ttft:
+        raise ProfileRunError(f"cell {cell.id}: no single prompt of {cell.prompt_len} tokens measured in {path} "
+                              "to space its requests by")
+    return cell.spacing * float(np.median(ttft))
 
 
 @dataclass
@@ -147,7 +169,7 @@ def run_profile(cfg: LiveConfig, out: Path, size: str = "full", attach: bool = F
     else:
         meta_path.write_text(json.dumps(meta, indent=1) + "\n")
     grid = build_grid(cfg.max_model_len, min(e.max_num_seqs for e in cfg.engines),
-                      cfg.speculation.method != "none", size)
+                      cfg.speculation.method != "none", size, engines=len(cfg.engines))
     done = records.finished_cells(out)
     todo = [c for c in grid if c.id not in done]
     kept = sum(int(c.get("steps", 0)) for c in done.values())
@@ -167,7 +189,7 @@ def run_profile(cfg: LiveConfig, out: Path, size: str = "full", attach: bool = F
             t0 = time.monotonic()
             # each cell its own prompts: a prefix shared with an earlier cell would be served from
             # the prefix cache (and ExampleConnector would save only the part computed)
-            result, _, _ = dep.send(cell_workload(cell), seed + zlib.crc32(cell.id.encode()))
+            result, _, _ = dep.send(cell_workload(cell, cell_gap_s(out, cell)), seed + zlib.crc32(cell.id.encode()))
             failed = [r for r in result.requests if r.state.name != "FINISHED"]
             if failed:
                 dep.check_alive()
