@@ -165,6 +165,17 @@ def test_contention_with_another_engine_is_fitted_apart_from_the_step_model():
     assert fit.median_ape < 1e-3
 
 
+def test_held_out_errors_are_told_apart_for_steps_run_alone_and_overlapped():
+    cols = synthetic_steps(2000, seed=5)
+    ov = (np.random.default_rng(7).random(2000) < 0.3).astype(float)
+    cols["overlap"] = ov
+    # another engine slows a step by 40% on average, but by a different amount each time
+    cols["dt"] = cols["dt"] * (1 + 0.4 * ov * np.random.default_rng(8).uniform(0, 2, 2000))
+    parts = fit_steps(cols).by_overlap()
+    assert parts["alone"]["steps"] + parts["overlapped"]["steps"] == 400
+    assert parts["alone"]["median_abs_pct_error"] < 2.0 < parts["overlapped"]["median_abs_pct_error"]
+
+
 def test_overlap_is_the_share_of_a_step_another_engine_was_busy():
     from streamserve.calibration.roles import overlap
 

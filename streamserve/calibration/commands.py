@@ -126,6 +126,12 @@ def calibrate_cmd(profile_dir: str, out_path: str, plot_path: str | None, seed: 
     click.echo(f"R^2 {fit.r2_train:.4f} (train), {fit.r2:.4f} (held out); held-out {fit.n_test} steps: "
                f"median |error| {100 * fit.median_ape:.1f}%, p90 {100 * fit.p90_ape:.1f}%, total time "
                f"{fit.busy_ratio:.3f} x measured")
+    parts = fit.by_overlap()
+    if "overlapped" in parts:
+        labels = {"alone": "steps run alone", "overlapped": "steps another engine stepped during"}
+        click.echo("held out, by what ran meanwhile: " + "; ".join(
+            f"{labels[name]} ({p['steps']}): median |error| {p['median_abs_pct_error']:.1f}%, "
+            f"p90 {p['p90_abs_pct_error']:.1f}%" for name, p in parts.items()))
     click.echo(f"repeatability: steps of the same shape differ from their median by {100 * fit.noise_floor:.1f}% "
                "(median): the error even a model predicting each shape's median would have")
     click.echo(f"wrote {out} and {png}")

@@ -9,7 +9,8 @@ that carry prompt tokens and one for decode-only steps::
 
 (``overlap``: how much of the step other engines of the deployment were in a step,
 ``roles.overlap``; without an ``overlap`` column, or with too few overlapping steps,
-``contention`` is 0.)
+``contention`` is 0.) With enough of both, the step model is fitted to the steps that ran
+alone and ``contention`` then to the others; otherwise the two are fitted jointly.
 
 The last three terms are the connector's I/O inside the steps (a CPU connector writes
 and reads KV synchronously); they become the simulator's KV link (``latency_ms``: the
@@ -40,6 +41,8 @@ EXTRA_FIELDS = ("draft_host_ms_per_seq", "kv_save_ms_per_token", "kv_load_ms_per
 PARAMS = tuple(f"prompt.{f}" for f in STEP_FIELDS) + tuple(f"decode.{f}" for f in STEP_FIELDS) + EXTRA_FIELDS
 MIN_ACCEPTANCE_STEPS = 5
 MIN_CONTENTION_STEPS = 10  # steps that overlapped another engine's, needed to fit the contention term
+ALONE = 0.05  # a step with less of another engine's step time over it than this share ran alone
+MIN_ALONE_STEPS = 20  # steps that ran alone, needed to fit the step model on them only
 
 
 @dataclass
@@ -61,6 +64,21 @@ class FitResult:
     test_predicted: np.ndarray = field(default_factory=lambda: np.zeros(0))
     test_prompt: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
     test_tokens: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    test_overlap: np.ndarray = field(default_factory=lambda: np.zeros(0))  # roles.overlap of each held-out step
+
+    def by_overlap(self) -> dict[str, dict[str, float]]:
+        """Held-out errors of the steps that ran alone (the step model) and of those another
+        engine stepped during (the step model times the contention term): steps and median
+        and p90 absolute % error of each; a part without steps is left out."""
+        ov = self.test_overlap if len(self.test_overlap) == len(self.test_measured) \
+            else np.zeros(len(self.test_measured))
+        out: dict[str, dict[str, float]] = {}
+        for name, sel in (("alone", ov < ALONE), ("overlapped", ov >= ALONE)):
+            if sel.any():
+                ape = 100 * np.abs(self.test_predicted[sel] - self.test_measured[sel]) / self.test_measured[sel]
+                out[name] = {"steps": int(sel.sum()), "median_abs_pct_error": float(np.median(ape)),
+                             "p90_abs_pct_error": float(np.percentile(ape, 90))}
+        return out
 
     def coeffs(self, which: str) -> StepCoeffs:
         return StepCoeffs(**{f: self.params[f"{which}.{f}"] for f in STEP_FIELDS})
@@ -188,6 +206,14 @@ def _fit_shape(x_tr: dict[str, np.ndarray], y_tr: np.ndarray, free: np.ndarray,
     return full(best.x), gamma(best.x)
 
 
+def _contention(alone_ms: np.ndarray, overlap: np.ndarray, measured_ms: np.ndarray) -> float:
+    """Least squares gamma of measured = alone x (1 + gamma x overlap), at least 0: how
+    much slower, on average, a step runs per unit of another engine's concurrent steps."""
+    a = alone_ms * overlap
+    denom = float(np.sum(a * a))
+    return max(0.0, float(np.sum(a * (measured_ms - alone_ms))) / denom) if denom > 0 else 0.0
+
+
 def fit_steps(cols: dict[str, np.ndarray], seed: int = 0, holdout: float = 0.2) -> FitResult:
     """Fit the coefficients on 80% of the steps and report errors on the other 20%."""
     t0 = time.perf_counter()
@@ -204,17 +230,22 @@ def fit_steps(cols: dict[str, np.ndarray], seed: int = 0, holdout: float = 0.2) 
     x_all = design(cols)
     x_tr = {k: v[train] for k, v in x_all.items()}
     y_tr = y_all[train]
-    fixed = _undetermined(x_tr)
-    free = np.array([name not in fixed for name in PARAMS])
-
-    def full(theta: np.ndarray) -> np.ndarray:
-        v = np.zeros(len(PARAMS))
-        v[free] = theta
-        return v
-
     ov_all = cols.get("overlap")
     ov_tr = ov_all[train] if ov_all is not None else np.zeros(len(train))
-    v, gamma = _fit_shape(x_tr, y_tr, free, ov_tr if (ov_tr > 0.05).sum() >= MIN_CONTENTION_STEPS else None)
+    alone = ov_tr < ALONE
+    if (~alone).sum() >= MIN_CONTENTION_STEPS and alone.sum() >= MIN_ALONE_STEPS:
+        # The step model from the steps that ran alone, the contention term from the others on
+        # top: fitted jointly, the overlapped steps' wide spread (another engine slows each by
+        # a different amount) leaked into the step model's coefficients.
+        x_alone = {k: v[alone] for k, v in x_tr.items()}
+        fixed = _undetermined(x_alone)
+        free = np.array([name not in fixed for name in PARAMS])
+        v, _ = _fit_shape(x_alone, y_tr[alone], free)
+        gamma = _contention(predict(v, {k: val[~alone] for k, val in x_tr.items()}), ov_tr[~alone], y_tr[~alone])
+    else:
+        fixed = _undetermined(x_tr)
+        free = np.array([name not in fixed for name in PARAMS])
+        v, gamma = _fit_shape(x_tr, y_tr, free, ov_tr if (~alone).sum() >= MIN_CONTENTION_STEPS else None)
     nf = len(STEP_FIELDS)
     for which, off, rows in (("prompt", 0, x_tr["prompt"]), ("decode", nf, ~x_tr["prompt"])):
         if rows.any() and not (v[off + 3] * x_tr["T"][rows] > v[off + 2]).any():
@@ -235,7 +266,7 @@ def fit_steps(cols: dict[str, np.ndarray], seed: int = 0, holdout: float = 0.2) 
         r2_train=r_squared(y_tr, predict(v, x_tr) * (1.0 + gamma * ov_tr)), seconds=time.perf_counter() - t0, contention=gamma,
         busy_ratio=float(pred_te.sum() / y_te.sum()),
         acceptance=fit_acceptance(cols), noise_floor=repeat_spread(cols), test_measured=y_te, test_predicted=pred_te,
-        test_prompt=x_te["prompt"], test_tokens=x_te["T"])
+        test_prompt=x_te["prompt"], test_tokens=x_te["T"], test_overlap=ov_te)
 
 
 def repeat_spread(cols: dict[str, np.ndarray]) -> float:
@@ -323,7 +354,7 @@ def profile_json(fits: dict[str, FitResult], total: FitResult, meta: dict[str, A
             "contention": {("*" if len(fits) == 1 else role): fit.contention for role, fit in fits.items()},
             "objective": "least squares on step time (ms), one fit per engine role: the mean step time",
             "held_out": {"steps": total.n_test, "r2": total.r2, "median_abs_pct_error": 100 * total.median_ape,
-                         "p90_abs_pct_error": 100 * total.p90_ape,
+                         "p90_abs_pct_error": 100 * total.p90_ape, "by_overlap": total.by_overlap(),
                          "by_role": {role: {"steps": f.n_test, "median_abs_pct_error": 100 * f.median_ape,
                                             "p90_abs_pct_error": 100 * f.p90_ape} for role, f in fits.items()}},
             "repeat_spread_pct": 100 * total.noise_floor, "held_out_busy_ratio": total.busy_ratio,

@@ -85,7 +85,8 @@ def combined(fits: dict[str, FitResult], cols: dict[str, np.ndarray]) -> FitResu
         seconds=sum(f.seconds for f in parts), acceptance=fit_acceptance(cols), noise_floor=repeat_spread(cols),
         busy_ratio=float(pred.sum() / y.sum()), test_measured=y, test_predicted=pred,
         test_prompt=np.concatenate([f.test_prompt for f in parts]),
-        test_tokens=np.concatenate([f.test_tokens for f in parts]))
+        test_tokens=np.concatenate([f.test_tokens for f in parts]),
+        test_overlap=np.concatenate([f.test_overlap for f in parts]))
 
 
 def handoff_cost_ms(params: dict[str, float], cols: dict[str, np.ndarray]) -> float:
