@@ -69,6 +69,39 @@ def test_prefill_produces_decode_consumes_and_recomputes_failed_loads(device, co
                      "--kv-transfer-config")["kv_load_failure_policy"] == "fail"
 
 
+def test_an_example_connector_prefill_engine_never_splits_a_prompt():
+    """ExampleConnector saves a prompt's KV in the step that schedules it; a prompt chunked
+    over two steps was saved half and the decode engine died loading it (profile run of a
+    16 x 600-token burst against an 8,192-token budget)."""
+    data = {"model": "tiny", "max_model_len": 1024,
+            "engines": [{"role": "prefill", "port": 8201}, {"role": "decode", "port": 8202}]}
+    prefill, decode = engine_specs(parse_live(data, "x.yaml"), base_env={})
+    assert "--no-enable-chunked-prefill" in prefill.argv and _arg(prefill.argv, "--max-num-batched-tokens") == "1024"
+    assert "--no-enable-chunked-prefill" not in decode.argv
+    data["engines"][0]["extra_args"] = ["--max-num-batched-tokens", "8192"]
+    argv = engine_specs(parse_live(data, "x.yaml"), base_env={})[0].argv
+    assert argv[len(argv) - 1 - argv[::-1].index("--max-num-batched-tokens") + 1] == "8192"  # the config's, last, wins
+    nixl = engine_specs(_cfg(), base_env={})[0].argv
+    assert "--no-enable-chunked-prefill" not in nixl  # NIXL moves whole requests' blocks after the prefill
+
+
+def test_cpu_engines_are_bound_to_their_cores_when_the_config_names_them():
+    data = {"model": "tiny", "engines": [{"role": "prefill", "port": 8201, "cpu_cores": [0]},
+                                         {"role": "decode", "port": 8202, "cpu_cores": [1, 2]}]}
+    prefill, decode = engine_specs(parse_live(data, "x.yaml"), base_env={})
+    assert (prefill.env["VLLM_CPU_OMP_THREADS_BIND"], prefill.env["OMP_NUM_THREADS"]) == ("0", "1")
+    assert (decode.env["VLLM_CPU_OMP_THREADS_BIND"], decode.env["OMP_NUM_THREADS"]) == ("1,2", "2")
+    data["engines"][1].pop("cpu_cores")
+    assert engine_specs(parse_live(data, "x.yaml"), base_env={})[1].env["VLLM_CPU_OMP_THREADS_BIND"] == "nobind"
+    data["engines"][0].update(cpu_threads=2)
+    assert "2 cores for cpu_threads" not in _error(data) and "cpu_threads=2" in _error(data)
+    data["engines"][0].update(cpu_threads=None, cpu_cores=[1, 1])
+    assert "distinct core ids" in _error(data)
+    assert "only for device: cpu" in _error(_gpu(engines=[{"role": "prefill", "port": 8201, "devices": [0],
+                                                            "cpu_cores": [0]},
+                                                           {"role": "decode", "port": 8202, "devices": [1]}]))
+
+
 def test_colocated_engines_move_no_kv():
     cfg = _cfg(engines=[{"role": "colocated", "port": 8201, "devices": [0]}])
     assert kv_transfer_config(cfg.engines[0], cfg) is None

@@ -36,6 +36,9 @@ class EngineEntry(_Strict):
     pair: int | None = None
     max_num_seqs: int = Field(32, ge=1)
     cpu_threads: int | None = Field(None, ge=1)  # CPU only: OpenMP threads for this engine
+    # CPU only: cores its threads are bound to (vLLM's VLLM_CPU_OMP_THREADS_BIND); empty: not
+    # bound. Engines on cores of their own do not slow each other's steps as much (fidelity).
+    cpu_cores: list[int] = Field(default_factory=list)
     extra_args: list[str] = Field(default_factory=list)  # passed to `vllm serve` verbatim
 
 
@@ -137,6 +140,14 @@ class LiveConfig(_Strict):
                     raise ValueError(f"engines.{i}.devices: needs {e.tp} GPU indices for tp={e.tp}, got {e.devices}")
             elif e.devices or e.tp != 1:
                 raise ValueError(f"engines.{i}: devices and tp > 1 need device: cuda")
+            if e.cpu_cores:
+                if self.device != "cpu":
+                    raise ValueError(f"engines.{i}.cpu_cores: only for device: cpu (GPU engines take devices)")
+                if min(e.cpu_cores) < 0 or len(set(e.cpu_cores)) != len(e.cpu_cores):
+                    raise ValueError(f"engines.{i}.cpu_cores: distinct core ids >= 0, got {e.cpu_cores}")
+                if e.cpu_threads is not None and e.cpu_threads != len(e.cpu_cores):
+                    raise ValueError(f"engines.{i}.cpu_cores: {len(e.cpu_cores)} cores for cpu_threads="
+                                     f"{e.cpu_threads}; give one core per thread (or leave cpu_threads out)")
             for flag in GENERATED_FLAGS:
                 if any(a == flag or a.startswith(flag + "=") for a in e.extra_args):
                     raise ValueError(f"engines.{i}.extra_args: {flag} is generated for every engine from the config; "

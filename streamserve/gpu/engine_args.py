@@ -164,6 +164,12 @@ def engine_command(lane_id: int, entry: EngineEntry, cfg: LiveConfig, python: st
         argv += ["--scheduler-cls", SPEC_SCHEDULER_CLS, "--no-async-scheduling"]
     elif cfg.profile_steps:  # every engine logs its steps (one JSON line each: cheap next to a step)
         argv += ["--scheduler-cls", STEPLOG_SCHEDULER_CLS, "--no-async-scheduling"]
+    if entry.role == "prefill" and cfg.connector == "ExampleConnector":
+        # ExampleConnector saves a prompt's KV in the step that schedules it: a prompt split
+        # over two steps (chunked prefill, when a burst passes the step's token budget) is
+        # saved half, and the decode engine that loads it dies on the shape mismatch. Whole
+        # prompts only, with a budget that fits the longest (extra_args may raise it).
+        argv += ["--no-enable-chunked-prefill", "--max-num-batched-tokens", str(cfg.max_model_len)]
     return argv + list(entry.extra_args)
 
 
@@ -184,13 +190,13 @@ def engine_env(lane_id: int, entry: EngineEntry, cfg: LiveConfig, base: dict[str
     else:
         env["VLLM_TARGET_DEVICE"] = "cpu"
         env["VLLM_CPU_KVCACHE_SPACE"] = str(cfg.cpu_kvcache_space_gib)
-        threads = entry.cpu_threads or 1
+        threads = entry.cpu_threads or len(entry.cpu_cores) or 1
         env["OMP_NUM_THREADS"] = str(threads)
         # vLLM's n-gram drafter runs numba's OpenMP pool, sized by default to every core of the
         # machine; its idle threads spin in a barrier, taking CPU from the engines (measured:
         # 3 of 10 s of a core on the 2-core machine of docs/results/fidelity/). Same budget as torch.
         env["NUMBA_NUM_THREADS"] = str(threads)
-        env["VLLM_CPU_OMP_THREADS_BIND"] = "nobind"
+        env["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(map(str, entry.cpu_cores)) or "nobind"
     if speculates(entry, cfg):
         policy = cfg.spec_policy.model_dump()
         perf = cfg.perf.model_dump()
