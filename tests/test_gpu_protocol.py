@@ -83,3 +83,33 @@ def test_engine_errors_pass_through():
     e = protocol.engine_error(400, b'{"error": {"message": "m", "type": "Bad Request", "param": "body.x", "code": 400}}')
     assert (e.status, e.type, e.param) == (400, "Bad Request", "body.x")
     assert protocol.engine_error(422, b"not json").status == 422
+
+
+def test_an_idempotent_call_survives_a_connection_the_engine_closed_as_it_was_reused():
+    """The front end's /tokenize met a kept-alive connection the engine's server had just
+    closed (HTTP 503 "cannot count the prompt's tokens: ReadError" in a profile run)."""
+    import asyncio
+
+    import httpx
+
+    from streamserve.gpu.engine_client import EngineClient, LaneBroken
+
+    calls = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request.url.path)
+        if len(calls) % 2 == 1:
+            raise httpx.ReadError("connection closed", request=request)
+        return httpx.Response(200, json={"count": 7})
+
+    async def run() -> None:
+        client = EngineClient(5.0)
+        await client.http.aclose()
+        client.http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+        assert await client.post("http://e/tokenize", {}, idempotent=True) == {"count": 7}
+        with pytest.raises(LaneBroken, match="ReadError"):  # a generation is never sent twice
+            await client.post("http://e/v1/completions", {})
+        await client.close()
+
+    asyncio.run(run())
+    assert calls == ["/tokenize", "/tokenize", "/v1/completions"]

@@ -25,6 +25,9 @@ class LaneBroken(Exception):
 TRANSPORT_ERRORS = (httpx.HTTPError, AttributeError)
 
 DONE = None  # what ``stream`` yields for the engine's ``data: [DONE]``
+# A kept-alive connection the engine's server closed as it was reused (uvicorn drops idle
+# ones after 5 s): the request never reached the engine, and an idempotent one is sent again.
+STALE_CONNECTION = (httpx.ReadError, httpx.RemoteProtocolError)
 
 
 class EngineClient:
@@ -35,9 +38,15 @@ class EngineClient:
     async def close(self) -> None:
         await self.http.aclose()
 
-    async def post(self, url: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def post(self, url: str, body: dict[str, Any], idempotent: bool = False) -> dict[str, Any]:
+        """POST ``body``; ``idempotent`` (e.g. ``/tokenize``): once more on a stale connection."""
         try:
-            r = await self.http.post(url, json=body)
+            try:
+                r = await self.http.post(url, json=body)
+            except STALE_CONNECTION:
+                if not idempotent:
+                    raise
+                r = await self.http.post(url, json=body)
         except TRANSPORT_ERRORS as e:
             raise LaneBroken(f"{type(e).__name__}: {e}") from None
         if r.status_code >= 500:
