@@ -25,28 +25,23 @@ class LaneBroken(Exception):
 TRANSPORT_ERRORS = (httpx.HTTPError, AttributeError)
 
 DONE = None  # what ``stream`` yields for the engine's ``data: [DONE]``
-# A kept-alive connection the engine's server closed as it was reused (uvicorn drops idle
-# ones after 5 s): the request never reached the engine, and an idempotent one is sent again.
-STALE_CONNECTION = (httpx.ReadError, httpx.RemoteProtocolError)
+# vLLM's server closes a connection idle for VLLM_HTTP_TIMEOUT_KEEP_ALIVE (5 s); httpx kept
+# idle ones for as long, so a request sent on one as the server closed it failed with
+# ReadError (HTTP 502/503 to the client, seen in profile runs). Drop them well before.
+KEEPALIVE_EXPIRY_S = 2.0
 
 
 class EngineClient:
     def __init__(self, request_timeout: float) -> None:
-        limits = httpx.Limits(max_connections=1024, max_keepalive_connections=256)
+        limits = httpx.Limits(max_connections=1024, max_keepalive_connections=256, keepalive_expiry=KEEPALIVE_EXPIRY_S)
         self.http = httpx.AsyncClient(timeout=httpx.Timeout(request_timeout, connect=5.0), limits=limits)
 
     async def close(self) -> None:
         await self.http.aclose()
 
-    async def post(self, url: str, body: dict[str, Any], idempotent: bool = False) -> dict[str, Any]:
-        """POST ``body``; ``idempotent`` (e.g. ``/tokenize``): once more on a stale connection."""
+    async def post(self, url: str, body: dict[str, Any]) -> dict[str, Any]:
         try:
-            try:
-                r = await self.http.post(url, json=body)
-            except STALE_CONNECTION:
-                if not idempotent:
-                    raise
-                r = await self.http.post(url, json=body)
+            r = await self.http.post(url, json=body)
         except TRANSPORT_ERRORS as e:
             raise LaneBroken(f"{type(e).__name__}: {e}") from None
         if r.status_code >= 500:

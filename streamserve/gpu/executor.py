@@ -233,8 +233,7 @@ class Executor:
                 f"lane {lane.lane_id} down ({lane.down_reason})" for lane in self.lanes if not lane.healthy))
         lane = next(lane for lane in self.lanes if lane.healthy)
         try:
-            tok = await self.client.post(lane.url + "/tokenize", protocol.tokenize_body(body, client.endpoint),
-                                         idempotent=True)
+            tok = await self.client.post(lane.url + "/tokenize", protocol.tokenize_body(body, client.endpoint))
         except LaneBroken as e:
             raise protocol.unavailable(f"cannot count the prompt's tokens: {e}") from None
         req = Request(id=next(self._ids), arrival=self.now(), prompt_len=int(tok.get("count", 0)),
