@@ -91,8 +91,10 @@ def test_cpu_engines_are_bound_to_their_cores_when_the_config_names_them():
     prefill, decode = engine_specs(parse_live(data, "x.yaml"), base_env={})
     assert (prefill.env["VLLM_CPU_OMP_THREADS_BIND"], prefill.env["OMP_NUM_THREADS"]) == ("0", "1")
     assert (decode.env["VLLM_CPU_OMP_THREADS_BIND"], decode.env["OMP_NUM_THREADS"]) == ("1,2", "2")
+    assert (prefill.env["STREAMSERVE_CPU_CORES"], decode.env["STREAMSERVE_CPU_CORES"]) == ("0", "1,2")
     data["engines"][1].pop("cpu_cores")
-    assert engine_specs(parse_live(data, "x.yaml"), base_env={})[1].env["VLLM_CPU_OMP_THREADS_BIND"] == "nobind"
+    unbound = engine_specs(parse_live(data, "x.yaml"), base_env={})[1].env
+    assert unbound["VLLM_CPU_OMP_THREADS_BIND"] == "nobind" and "STREAMSERVE_CPU_CORES" not in unbound
     data["engines"][0].update(cpu_threads=2)
     assert "2 cores for cpu_threads" not in _error(data) and "cpu_threads=2" in _error(data)
     data["engines"][0].update(cpu_threads=None, cpu_cores=[1, 1])
@@ -262,6 +264,25 @@ def test_version_lookup_names_the_build_that_provides_vllm(monkeypatch):
     with pytest.raises(importlib.metadata.PackageNotFoundError):
         lookup("numpy")
     assert version_lookup(lambda name: "0.32.0")("vllm") == "0.32.0"  # the CUDA build: untouched
+
+
+def test_an_engine_bound_to_cores_runs_every_process_there(monkeypatch):
+    """vllm_main sets the affinity before vLLM starts its EngineCore and worker, which inherit it."""
+    import sys
+    import types
+
+    from streamserve.gpu import vllm_main
+
+    seen: dict = {}
+    fake = types.ModuleType("vllm.entrypoints.cli.main")
+    fake.main = lambda: seen.setdefault("argv", list(sys.argv))
+    monkeypatch.setitem(sys.modules, "vllm.entrypoints.cli.main", fake)
+    monkeypatch.setattr(vllm_main.os, "sched_setaffinity", lambda pid, cores: seen.setdefault("cores", cores))
+    monkeypatch.setattr(importlib.metadata, "version", importlib.metadata.version)
+    monkeypatch.setattr(sys, "argv", list(sys.argv))
+    monkeypatch.setenv("STREAMSERVE_CPU_CORES", "1,3")
+    vllm_main.main(["serve", "m"])
+    assert seen == {"cores": {1, 3}, "argv": ["vllm", "serve", "m"]}
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from streamserve.gpu.config import EngineEntry, LiveConfig
+from streamserve.gpu.vllm_main import ENV_CPU_CORES
 
 SPEC_SCHEDULER_CLS = "streamserve.gpu.specsched.SpecuStreamScheduler"
 STEPLOG_SCHEDULER_CLS = "streamserve.gpu.steplog.StepLogScheduler"  # profile_steps on engines that do not speculate
@@ -197,6 +198,10 @@ def engine_env(lane_id: int, entry: EngineEntry, cfg: LiveConfig, base: dict[str
         # 3 of 10 s of a core on the 2-core machine of docs/results/fidelity/). Same budget as torch.
         env["NUMBA_NUM_THREADS"] = str(threads)
         env["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(map(str, entry.cpu_cores)) or "nobind"
+        if entry.cpu_cores:
+            # the whole engine, not only its torch threads: its API server and EngineCore
+            # (which spins on sched_yield while the worker computes) stay off other engines' cores
+            env[ENV_CPU_CORES] = env["VLLM_CPU_OMP_THREADS_BIND"]
     if speculates(entry, cfg):
         policy = cfg.spec_policy.model_dump()
         perf = cfg.perf.model_dump()

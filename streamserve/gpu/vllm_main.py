@@ -12,8 +12,11 @@ CPU and GPU engines start through one code path.
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import sys
 from collections.abc import Callable
+
+ENV_CPU_CORES = "STREAMSERVE_CPU_CORES"  # "0,1": the cores every process of this engine runs on
 
 
 def version_lookup(original: Callable[[str], str]) -> Callable[[str], str]:
@@ -35,6 +38,9 @@ def version_lookup(original: Callable[[str], str]) -> Callable[[str], str]:
 
 
 def main(argv: list[str]) -> None:
+    cores = os.environ.get(ENV_CPU_CORES)
+    if cores:  # before vLLM starts its EngineCore and worker processes: they inherit it
+        os.sched_setaffinity(0, {int(c) for c in cores.split(",")})
     importlib.metadata.version = version_lookup(importlib.metadata.version)  # type: ignore[assignment]
     from vllm.entrypoints.cli.main import main as vllm_main
 
