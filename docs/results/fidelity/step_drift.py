@@ -1,10 +1,11 @@
-"""Where the pd profile's single-step error comes from: step_drift.md.
+"""Where a pd profile's single-step error comes from: step_drift.md.
 
     python docs/results/fidelity/step_drift.py
 
-Fits the pd profile (`profile-pd/`) as `streamserve calibrate` does (one fit per role,
-the step model on the steps that ran alone), then, over all its steps, reports
-ratio = measured / step model alone:
+For each pd profile (`profile-pd-threads-bound/`: the engines' torch threads bound to a
+core each; `profile-pd/`: the whole engines), fits it as `streamserve calibrate` does (one
+fit per role, the step model on the steps that ran alone), then, over all its steps,
+reports ratio = measured / step model alone:
 
 * per burst cell, the median ratio of the decode engine's steps that ran alone (drift
   from one cell to the next: something the cell's inputs do not say slows or speeds all
@@ -25,8 +26,8 @@ from streamserve.calibration.roles import fit_by_role, overlap
 HERE = Path(__file__).resolve().parent
 
 
-def main() -> None:
-    _, steps = records.read_steps(HERE / "profile-pd")
+def section(folder: str) -> list[str]:
+    _, steps = records.read_steps(HERE / folder)
     cols = records.columns(steps)
     cols["overlap"] = overlap(cols)
     cells = np.array([s.cell for s in steps])
@@ -38,9 +39,7 @@ def main() -> None:
         ratio[sel] = cols["dt"][sel] * 1e3 / predict(fit.params, x)
     alone = cols["overlap"] < ALONE
     dec = (cols["role"] == "decode") & (cols["handoffs"] == 0)
-    lines = ["# The pd profile's steps against its step model (`step_drift.py`)", "",
-             "ratio = measured / predicted by the step model alone (`profile-pd/`, fitted as `calibrate` does).", "",
-             "## Decode engine, steps that ran alone, per burst cell", "",
+    lines = [f"## `{folder}/`", "", "Decode engine, steps that ran alone, per burst cell:", "",
              "| cell | steps | median ratio | p10 / p90 ratio |", "|---|---:|---:|---:|"]
     medians = []
     for cell in sorted(set(cells[dec & alone].tolist())):
@@ -65,15 +64,23 @@ def main() -> None:
     dev = np.concatenate(devs)
     ov = dec & ~alone & (cols["overlap"] > 0.5)
     lines += ["", f"Median ratio per burst cell: {min(medians):.2f} to {max(medians):.2f} over {len(medians)} cells.", "",
-              "## Same shape, same cell", "",
+              "Same shape, same cell:", "",
               f"Decode steps that ran alone with the same tokens, prompt tokens, sequences and draft tokens in "
               f"one cell (groups of >= 3; {len(dev)} steps) differ from their group's median by "
               f"{100 * np.median(dev):.1f}% (median), {100 * np.percentile(dev, 90):.1f}% (p90).", "",
-              "## Steps another engine stepped during", "",
+              "Steps another engine stepped during:", "",
               f"Decode steps with overlap > 0.5 ({ov.sum()} steps): ratio p10 / p50 / p90 "
               + " / ".join(f"{q:.2f}" for q in np.percentile(ratio[ov], [10, 50, 90]))
-              + f"; the fitted contention term predicts 1 + {fits['decode'].contention:.2f} x overlap on average."]
-    (HERE / "step_drift.md").write_text("\n".join(lines) + "\n")
+              + f"; the fitted contention term predicts 1 + {fits['decode'].contention:.2f} x overlap on average.", ""]
+    return lines
+
+
+def main() -> None:
+    lines = ["# The pd profiles' steps against their step model (`step_drift.py`)", "",
+             "ratio = measured / predicted by the step model alone (fitted as `calibrate` does).", ""]
+    for folder in ("profile-pd-threads-bound", "profile-pd"):
+        lines += section(folder)
+    (HERE / "step_drift.md").write_text("\n".join(lines))
     print("\n".join(lines))
 
 
