@@ -70,9 +70,8 @@ class FitResult:
         """Held-out errors of the steps that ran alone (the step model) and of those another
         engine stepped during (the step model times the contention term): steps and median
         and p90 absolute % error of each; a part without steps is left out."""
-        ov = self.test_overlap if len(self.test_overlap) == len(self.test_measured) \
-            else np.zeros(len(self.test_measured))
         out: dict[str, dict[str, float]] = {}
+        ov = self.test_overlap
         for name, sel in (("alone", ov < ALONE), ("overlapped", ov >= ALONE)):
             if sel.any():
                 ape = 100 * np.abs(self.test_predicted[sel] - self.test_measured[sel]) / self.test_measured[sel]
