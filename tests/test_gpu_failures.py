@@ -59,21 +59,30 @@ def test_killing_the_only_decode_engine_answers_every_client_within_5_s():
     p, d = FakeEngine("p").start(), FakeEngine("d", delay=0.05).start()
     ex, server, url = _front([(p, LaneRole.PREFILL), (d, LaneRole.DECODE)], {"name": "gpu_policies:FailWithoutLane"})
     answered: dict[int, tuple[float, int, str]] = {}
+    streamed = [i for i in range(8) if i % 2 == 1]
+    first_bytes = {i: threading.Event() for i in streamed}
 
     def call(i: int) -> None:
         body = {"prompt": f"q {i}", "max_tokens": 400, "stream": i % 2 == 1}
+        parts = []
         with httpx.stream("POST", url + "/v1/completions", json=body, timeout=60) as r:
-            text = "".join(r.iter_text())
-        answered[i] = (time.monotonic(), r.status_code, text)
+            for piece in r.iter_text():
+                parts.append(piece)
+                if i in first_bytes:
+                    first_bytes[i].set()
+        answered[i] = (time.monotonic(), r.status_code, "".join(parts))
 
     threads = [threading.Thread(target=call, args=(i,)) for i in range(8)]
     try:
         for t in threads:
             t.start()
         deadline = time.monotonic() + 20
-        while d.streaming < 8 and time.monotonic() < deadline:
+        # the engine holds all eight, and every streamed client has its first tokens (a stream
+        # that has sent nothing yet is answered 503, like a non-streamed request: CI, loaded)
+        while (d.streaming < 8 or not all(e.is_set() for e in first_bytes.values())) and time.monotonic() < deadline:
             time.sleep(0.01)
         assert d.streaming == 8, "the decode engine never held all eight requests"
+        assert all(e.is_set() for e in first_bytes.values()), "a streamed client never got its first tokens"
         g = _gauges(url)
         assert g["streamserve_lane_in_flight"] == 8 and g["streamserve_requests_open"] == 8
         killed = time.monotonic()
