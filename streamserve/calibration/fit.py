@@ -232,19 +232,19 @@ def fit_steps(cols: dict[str, np.ndarray], seed: int = 0, holdout: float = 0.2) 
     ov_all = cols.get("overlap")
     ov_tr = ov_all[train] if ov_all is not None else np.zeros(len(train))
     alone = ov_tr < ALONE
-    if (~alone).sum() >= MIN_CONTENTION_STEPS and alone.sum() >= MIN_ALONE_STEPS:
-        # The step model from the steps that ran alone, the contention term from the others on
-        # top: fitted jointly, the overlapped steps' wide spread (another engine slows each by
-        # a different amount) leaked into the step model's coefficients.
-        x_alone = {k: v[alone] for k, v in x_tr.items()}
-        fixed = _undetermined(x_alone)
-        free = np.array([name not in fixed for name in PARAMS])
-        v, _ = _fit_shape(x_alone, y_tr[alone], free)
+    overlapped = int((~alone).sum()) >= MIN_CONTENTION_STEPS
+    # With enough of both, the step model from the steps that ran alone and the contention
+    # term from the others on top: fitted jointly, the overlapped steps' wide spread (another
+    # engine slows each by a different amount) leaked into the step model's coefficients.
+    two_stage = overlapped and int(alone.sum()) >= MIN_ALONE_STEPS
+    x_fit = {k: v[alone] for k, v in x_tr.items()} if two_stage else x_tr
+    fixed = _undetermined(x_fit)
+    free = np.array([name not in fixed for name in PARAMS])
+    if two_stage:
+        v, _ = _fit_shape(x_fit, y_tr[alone], free)
         gamma = _contention(predict(v, {k: val[~alone] for k, val in x_tr.items()}), ov_tr[~alone], y_tr[~alone])
     else:
-        fixed = _undetermined(x_tr)
-        free = np.array([name not in fixed for name in PARAMS])
-        v, gamma = _fit_shape(x_tr, y_tr, free, ov_tr if (~alone).sum() >= MIN_CONTENTION_STEPS else None)
+        v, gamma = _fit_shape(x_tr, y_tr, free, ov_tr if overlapped else None)
     nf = len(STEP_FIELDS)
     for which, off, rows in (("prompt", 0, x_tr["prompt"]), ("decode", nf, ~x_tr["prompt"])):
         if rows.any() and not (v[off + 3] * x_tr["T"][rows] > v[off + 2]).any():

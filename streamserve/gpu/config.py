@@ -36,8 +36,8 @@ class EngineEntry(_Strict):
     pair: int | None = None
     max_num_seqs: int = Field(32, ge=1)
     cpu_threads: int | None = Field(None, ge=1)  # CPU only: OpenMP threads for this engine
-    # CPU only: cores its threads are bound to (vLLM's VLLM_CPU_OMP_THREADS_BIND); empty: not
-    # bound. Engines on cores of their own do not slow each other's steps as much (fidelity).
+    # CPU only: cores the whole engine (API server, EngineCore, worker) and its torch threads
+    # are bound to; empty: not bound. Engines on cores of their own do not slow each other.
     cpu_cores: list[int] = Field(default_factory=list)
     extra_args: list[str] = Field(default_factory=list)  # passed to `vllm serve` verbatim
 
